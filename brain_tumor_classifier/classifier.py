@@ -57,6 +57,7 @@ class BrainTumorClassifier(
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
         temperature: float = 1.0,
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if len(label_names) < 2:
@@ -76,7 +77,11 @@ class BrainTumorClassifier(
         self.temperature = float(temperature)
         try:
             self.model = timm.create_model(
-                architecture, pretrained=False, num_classes=len(self.label_names), in_chans=self.in_chans
+                architecture,
+                pretrained=False,
+                num_classes=len(self.label_names),
+                in_chans=self.in_chans,
+                drop_rate=drop_rate,
             )
         except RuntimeError as error:
             raise ValueError(

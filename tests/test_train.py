@@ -1,0 +1,116 @@
+"""Training end to end on a tiny generated imagefolder, through the real datasets + Accelerate path."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brain_tumor_classifier import BrainTumorClassifier
+from train.__main__ import main as train_main
+from train.data import load_labeled_images, read_manifest_split, stratified_split
+from train.evaluate import main as evaluate_main
+
+CLASSES = ("glioma", "meningioma", "pituitary")
+
+
+@pytest.fixture(scope="module")
+def tiny_imagefolder(tmp_path_factory):
+    """Write 10 grayscale 48x40 slices per class, each class with a bright blob in its own place."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.default_rng(0)
+    centers = {"glioma": (12, 12), "meningioma": (36, 12), "pituitary": (24, 30)}
+    for name in CLASSES:
+        (root / name).mkdir()
+        for index in range(10):
+            pixels = rng.integers(0, 40, size=(40, 48)).astype(np.uint8)
+            x, y = centers[name]
+            pixels[y - 5 : y + 5, x - 5 : x + 5] = 220
+            Image.fromarray(pixels, mode="L").save(root / name / f"{name}_{index}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_imagefolder, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    exit_code = train_main(
+        ["--dataset", str(tiny_imagefolder), "--output-dir", str(run_dir), "--epochs", "1",
+         "--image-size", "32", "--batch-size", "8", "--eval-batch-size", "8"]
+    )
+    assert exit_code == 0
+    return run_dir
+
+
+def test_run_folder_contains_export_and_reports(trained_run):
+    for name in ("model.safetensors", "config.json", "README.md", "metrics.json", "confusion_matrix.png",
+                 "confusion_matrix.json", "training_curves.png", "history.json", "train_config.json",
+                 "split_manifest.json"):
+        assert (trained_run / name).is_file(), f"{name} missing from the run folder"
+
+
+def test_run_folder_loads_with_from_pretrained(trained_run):
+    model = BrainTumorClassifier.from_pretrained(str(trained_run))
+    probabilities = model.predict_proba([Image.new("L", (50, 40), 10)])
+
+    assert model.label_names == list(CLASSES)
+    assert probabilities.shape == (1, 3)
+    assert abs(float(probabilities.sum()) - 1.0) < 1e-5
+
+
+def test_manifest_splits_are_disjoint_and_complete(trained_run):
+    manifest = json.loads((trained_run / "split_manifest.json").read_text())
+    parts = {name: {entry["file"] for entry in entries} for name, entries in manifest["splits"].items()}
+
+    assert set(parts) == {"train", "validation", "test"}
+    assert not parts["train"] & parts["test"]
+    assert not parts["train"] & parts["validation"]
+    assert not parts["validation"] & parts["test"]
+    assert sum(len(files) for files in parts.values()) == 30
+
+
+def test_evaluate_command_reproduces_test_metrics(trained_run, tiny_imagefolder, capsys):
+    recorded = json.loads((trained_run / "metrics.json").read_text())
+    exit_code = evaluate_main(["--run-dir", str(trained_run), "--no-write"])
+    printed = json.loads(capsys.readouterr().out)
+
+    assert exit_code == 0
+    assert printed["accuracy"] == recorded["accuracy"]
+    assert printed["num_images"] == recorded["num_images"]
+
+
+def test_resume_continues_from_last_checkpoint(trained_run, tiny_imagefolder):
+    exit_code = train_main(
+        ["--dataset", str(tiny_imagefolder), "--output-dir", str(trained_run), "--epochs", "2",
+         "--image-size", "32", "--batch-size", "8", "--eval-batch-size", "8", "--resume"]
+    )
+    history = json.loads((trained_run / "history.json").read_text())
+
+    assert exit_code == 0
+    assert [entry["epoch"] for entry in history["epochs"]] == [1, 2]
+
+
+def test_stratified_split_is_reproducible_and_balanced():
+    labels = np.repeat([0, 1, 2], [100, 50, 70])
+    first = stratified_split(labels, seed=3)
+    second = stratified_split(labels, seed=3)
+
+    assert first == second
+    assert len(first["test"]) == 33
+    assert np.bincount(labels[first["test"]]).tolist() == [15, 8, 10]
+
+
+def test_manifest_rejects_a_different_dataset(trained_run, tmp_path):
+    other = tmp_path / "other"
+    for name in CLASSES:
+        (other / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(other / name / "unrelated.png")
+
+    with pytest.raises(ValueError, match="files missing"):
+        read_manifest_split(trained_run / "split_manifest.json", load_labeled_images(str(other)), "test")
+
+
+def test_unknown_model_is_rejected_with_choices(tiny_imagefolder, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--model", "vgg", "--dataset", str(tiny_imagefolder), "--output-dir", str(tmp_path)])
+
+    assert "braincancernet" in capsys.readouterr().err

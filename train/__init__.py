@@ -1,0 +1,1 @@
+"""Training, evaluation, comparison and publishing for the brain tumor MRI classifiers."""

@@ -1,0 +1,114 @@
+"""The training configuration: defaults here, then an optional JSON file, then command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from brain_tumor_classifier import SUPPORTED_ARCHITECTURES
+
+CONFIG_NAME = "train_config.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run; saved as ``train_config.json`` in the run folder."""
+
+    model: str = "braincancernet"
+    dataset: str = ""
+    output_dir: str = ""
+    image_size: int = 192
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    drop_rate: float = 0.3
+    ema_decay: float = 0.0
+    mixed_precision: str = "no"
+    channels_last: bool = True
+    seed: int = 42
+    split: str = "random"
+    group_column: str = ""
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+    eval_batch_size: int = 64
+    resume: bool = False
+    command: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+HELP = {
+    "model": f"timm architecture to train; one of {', '.join(SUPPORTED_ARCHITECTURES)}.",
+    "dataset": "Local imagefolder path (one subfolder per class) or Hub dataset id.",
+    "output_dir": "Run folder for the export, metrics, split manifest and checkpoints.",
+    "image_size": "Square input size in pixels; slices are padded to a square, then resized.",
+    "epochs": "Number of passes over the training split.",
+    "batch_size": "Training images per optimizer step (per process).",
+    "lr": "Peak AdamW learning rate, reached after the warmup.",
+    "weight_decay": "AdamW weight decay.",
+    "warmup_epochs": "Linear warmup length in epochs (fractions allowed), then cosine decay to zero.",
+    "label_smoothing": "Label smoothing of the cross-entropy loss.",
+    "drop_rate": "Dropout before the classifier layer.",
+    "ema_decay": (
+        "Decay of an exponential moving average of the weights, updated every step; validation, "
+        "selection and export then use the average. 0 turns it off."
+    ),
+    "mixed_precision": "'no' or 'bf16' (autocast on CPU and GPU; weights stay float32).",
+    "channels_last": "Use the channels-last memory format (faster convolutions on CPU).",
+    "seed": "Seed for the split, weight initialization, shuffling and augmentation.",
+    "split": (
+        "How to split: 'random' (stratified by slice) or 'group' (no patient or scan on two sides; "
+        "groups come from --group-column, else from image similarity)."
+    ),
+    "group_column": "Dataset column with a patient or group id, used by --split group.",
+    "validation_fraction": "Share of the images in the validation split.",
+    "test_fraction": "Share of the images in the test split.",
+    "eval_batch_size": "Images per batch when evaluating.",
+    "resume": "Continue from the run folder's last checkpoint if one exists.",
+}
+CHOICES = {"model": SUPPORTED_ARCHITECTURES, "mixed_precision": ("no", "bf16"), "split": ("random", "group")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train a brain tumor MRI classifier, evaluate it on its test split and export it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="JSON file of options; command-line flags override it.")
+    defaults = TrainConfig()
+    for item in fields(TrainConfig):
+        if item.name == "command":
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        default = getattr(defaults, item.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[item.name])
+        else:
+            parser.add_argument(
+                flag, type=type(default), default=None, choices=CHOICES.get(item.name), help=HELP[item.name]
+            )
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, command: str) -> TrainConfig:
+    """Layer the defaults, the optional JSON file and the flags that were given."""
+    config = TrainConfig()
+    if args.config is not None:
+        values = json.loads(Path(args.config).read_text())
+        known = {item.name for item in fields(TrainConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown options {unknown} in {args.config}; valid options are {sorted(known)}.")
+        config = replace(config, **values)
+    flags = {name: value for name, value in vars(args).items() if name != "config" and value is not None}
+    config = replace(config, **flags, command=command)
+    if not config.dataset or not config.output_dir:
+        raise ValueError("Both --dataset and --output-dir are required (on the command line or in --config).")
+    return config

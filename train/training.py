@@ -1,0 +1,325 @@
+"""The Accelerate training loop: the same code on a CPU, one GPU or several, with optional bf16."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from brain_tumor_classifier import BrainTumorClassifier
+from brain_tumor_classifier.preprocessing import normalize
+from model_card import write_model_card
+
+from .augment import augment_batch
+from .config import CONFIG_NAME, TrainConfig
+from .data import (
+    MANIFEST_NAME,
+    LabeledImages,
+    decode_pixels,
+    load_labeled_images,
+    stratified_split,
+    write_manifest,
+)
+from .evaluate import classification_metrics, measure_inference, predict_pixels, write_evaluation
+from .groups import group_split, sequence_numbers, similarity_groups
+from .plots import plot_training_curves
+
+logger = logging.getLogger(__name__)
+
+HISTORY_NAME = "history.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class SplitPixels:
+    """Decoded slices and labels for the three parts of a split."""
+
+    label_names: list[str]
+    pixels: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+
+
+@dataclass
+class TrainerState:
+    """Progress saved with every checkpoint so an interrupted run resumes where it stopped."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_val_accuracy: float = -1.0
+    best_val_loss: float = math.inf
+    training_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def describe_hardware(accelerator: Accelerator) -> str:
+    """Return a short description of the device the run trained on."""
+    if accelerator.device.type == "cuda":
+        name = torch.cuda.get_device_name(accelerator.device)
+        return f"{accelerator.num_processes} x {name}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {torch.get_num_threads()} threads, {accelerator.num_processes} process(es)"
+
+
+def prepare_data(config: TrainConfig, output_dir: Path, accelerator: Accelerator) -> SplitPixels:
+    """Decode every slice once, split the dataset and write the split manifest."""
+    images = load_labeled_images(config.dataset)
+    with accelerator.main_process_first():
+        pixels = decode_pixels(images, config.image_size)
+    labels = images.labels
+    fractions = {"validation_fraction": config.validation_fraction, "test_fraction": config.test_fraction}
+    groups = None
+    if config.split == "group":
+        groups = find_groups(images, pixels, config.group_column)
+        splits = group_split(labels, groups, seed=config.seed, **fractions)
+    else:
+        splits = stratified_split(labels, seed=config.seed, **fractions)
+    if accelerator.is_main_process:
+        write_manifest(
+            output_dir / MANIFEST_NAME, images, splits, source=config.dataset, seed=config.seed,
+            kind=config.split, groups=groups,
+        )
+    return SplitPixels(
+        label_names=images.label_names,
+        pixels={name: pixels[rows] for name, rows in splits.items()},
+        labels={name: labels[rows] for name, rows in splits.items()},
+    )
+
+
+def find_groups(images: LabeledImages, pixels: np.ndarray, group_column: str) -> np.ndarray:
+    """Return a group id per row: from the dataset's group column if named, else from image similarity."""
+    if group_column:
+        if group_column not in images.dataset.column_names:
+            raise ValueError(
+                f"--group-column {group_column!r} is not a column of the dataset; its columns are "
+                f"{images.dataset.column_names}."
+            )
+        _, group_ids = np.unique(np.asarray(images.dataset[group_column], dtype=str), return_inverse=True)
+        return group_ids
+    groups = similarity_groups(pixels, images.labels, numbers=sequence_numbers(images.file_ids))
+    logger.info("Found %d similarity groups among %d slices", len(np.unique(groups)), len(groups))
+    return groups
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """Return a LambdaLR factor: linear warmup to 1, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_one_epoch(
+    model, loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema=None
+) -> dict:
+    """Run one epoch of augmented training and return mean loss, accuracy and images per second."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    batches = tqdm(
+        loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not accelerator.is_local_main_process
+    )
+    for batch_index, (pixels, labels) in enumerate(batches):
+        inputs = normalize(augment_batch(pixels.unsqueeze(1)), classifier.mean, classifier.std)
+        if config.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        logits = model(inputs)
+        loss = criterion(logits.float(), labels)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model), step=(epoch - 1) * len(loader) + batch_index + 1)
+
+        batch_loss, batch_correct, batch_size = accelerator.gather(
+            torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum().float(),
+                         torch.tensor(float(len(labels)), device=loss.device)]).unsqueeze(0)
+        ).sum(0).tolist()
+        loss_sum += batch_loss
+        correct += int(batch_correct)
+        seen += int(batch_size)
+        batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "images_per_second": seen / seconds}
+
+
+@torch.no_grad()
+def evaluate_loader(model, loader, criterion, accelerator, config, classifier) -> dict:
+    """Return loss and accuracy on an un-augmented split."""
+    model.eval()
+    losses, hits = [], []
+    for pixels, labels in loader:
+        inputs = normalize(pixels.unsqueeze(1), classifier.mean, classifier.std)
+        if config.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        logits = model(inputs).float()
+        per_image_loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        per_image_loss, correct = accelerator.gather_for_metrics((per_image_loss, logits.argmax(1) == labels))
+        losses.append(per_image_loss.cpu())
+        hits.append(correct.cpu())
+    return {"val_loss": torch.cat(losses).mean().item(), "val_accuracy": torch.cat(hits).float().mean().item()}
+
+
+def run_training(config: TrainConfig) -> dict:
+    """Train, keep the best epoch on validation, export it, and evaluate it on the test split."""
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    if accelerator.is_main_process:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    # Data: decoded once, kept in memory as uint8.
+    data = prepare_data(config, output_dir, accelerator)
+    train_pixels = data.pixels["train"]
+    mean, std = float(train_pixels.mean() / 255), float(train_pixels.std() / 255)
+    classifier = BrainTumorClassifier(
+        architecture=config.model,
+        label_names=data.label_names,
+        input_size=config.image_size,
+        in_chans=1,
+        mean=[round(mean, 4)],
+        std=[round(std, 4)],
+        drop_rate=config.drop_rate,
+    )
+    if config.channels_last:
+        classifier.to(memory_format=torch.channels_last)
+
+    def loader(split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
+        dataset = TensorDataset(torch.from_numpy(data.pixels[split]), torch.from_numpy(data.labels[split]))
+        # Dropping the last partial batch keeps batch-norm statistics sound, unless it is the only batch.
+        drop_last = shuffle and len(dataset) > batch_size
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+
+    train_loader = loader("train", shuffle=True, batch_size=config.batch_size)
+    val_loader = loader("validation", shuffle=False, batch_size=config.eval_batch_size)
+
+    # Optimizer and schedule: AdamW, linear warmup, cosine decay, stepped per batch.
+    no_decay = [p for n, p in classifier.named_parameters() if p.ndim <= 1]
+    decay = [p for n, p in classifier.named_parameters() if p.ndim > 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    steps_per_epoch = len(train_loader) // accelerator.num_processes
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        warmup_cosine(config.epochs * steps_per_epoch, max(1, round(config.warmup_epochs * steps_per_epoch))),
+    )
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        classifier, optimizer, train_loader, val_loader, scheduler
+    )
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    state = TrainerState()
+    accelerator.register_for_checkpointing(state)
+    ema = None
+    if config.ema_decay > 0:
+        # The average starts as a copy of the initial weights; warmup keeps early steps from dominating it.
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.ema_decay, use_warmup=True)
+        accelerator.register_for_checkpointing(ema)
+    scored_model = model if ema is None else ema.module
+    last_checkpoint = checkpoint_dir / "last"
+    if config.resume and last_checkpoint.is_dir():
+        accelerator.load_state(str(last_checkpoint))
+        logger.info("Resumed from %s after epoch %d", last_checkpoint, state.epoch)
+
+    # Epochs: train, validate, keep the best weights, checkpoint.
+    best_weights = checkpoint_dir / "best_model.safetensors"
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        train_metrics = train_one_epoch(
+            model, train_loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema
+        )
+        val_metrics = evaluate_loader(scored_model, val_loader, criterion, accelerator, config, classifier)
+        seconds = time.perf_counter() - epoch_start
+        state.training_seconds += seconds
+        state.epoch = epoch
+        record = {"epoch": epoch, **train_metrics, **val_metrics, "lr": scheduler.get_last_lr()[0], "seconds": seconds}
+        state.history.append(record)
+        improved = (val_metrics["val_accuracy"], -val_metrics["val_loss"]) > (
+            state.best_val_accuracy,
+            -state.best_val_loss,
+        )
+        if improved:
+            state.best_epoch = epoch
+            state.best_val_accuracy = val_metrics["val_accuracy"]
+            state.best_val_loss = val_metrics["val_loss"]
+            if accelerator.is_main_process:
+                safetensors.torch.save_model(accelerator.unwrap_model(scored_model).model, str(best_weights))
+        accelerator.save_state(str(last_checkpoint))
+        if accelerator.is_main_process:
+            logger.info(
+                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s, %.0f s%s",
+                epoch, config.epochs, record["train_loss"], record["train_accuracy"], record["val_loss"],
+                record["val_accuracy"], record["images_per_second"], seconds, " (best)" if improved else "",
+            )
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return {}
+    return finish_run(config, output_dir, classifier, best_weights, state, data, describe_hardware(accelerator))
+
+
+def finish_run(
+    config: TrainConfig,
+    output_dir: Path,
+    classifier: BrainTumorClassifier,
+    best_weights: Path,
+    state: TrainerState,
+    data: SplitPixels,
+    hardware: str,
+) -> dict:
+    """Export the best epoch, write history and curves, evaluate on the test split, render the card."""
+    classifier.load_model_weights(safetensors.torch.load_file(str(best_weights)), source=str(best_weights))
+    classifier.eval()
+    classifier.save_pretrained(output_dir)
+    history = {
+        "epochs": state.history,
+        "best_epoch": state.best_epoch,
+        "training_seconds": round(state.training_seconds, 1),
+        "hardware": hardware,
+    }
+    (output_dir / HISTORY_NAME).write_text(json.dumps(history, indent=2) + "\n")
+    plot_training_curves(
+        state.history, output_dir / "training_curves.png", title=f"{config.model}, best epoch {state.best_epoch}"
+    )
+
+    probabilities = predict_pixels(classifier, data.pixels["test"], batch_size=config.eval_batch_size)
+    metrics = {"split": "test", "split_kind": config.split}
+    metrics.update(classification_metrics(data.labels["test"], probabilities, data.label_names))
+    metrics["inference"] = measure_inference(classifier)
+    metrics["evaluate_command"] = f"python -m train.evaluate --run-dir {output_dir}"
+    write_evaluation(output_dir, metrics)
+    logger.info("Test accuracy %.4f on %d slices; run folder %s", metrics["accuracy"], metrics["num_images"], output_dir)
+    write_model_card(output_dir)
+    return metrics
