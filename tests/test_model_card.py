@@ -1,0 +1,291 @@
+"""Model cards rendered from a fake run folder: a tiny random model plus hand-written JSON files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from PIL import Image
+
+from brain_tumor_classifier import BrainTumorClassifier
+from model_card import render_model_card, write_model_card
+from model_card.render import EXAMPLE_IMAGE_NAME, count_parameters
+
+LABELS = ["glioma", "meningioma", "pituitary"]
+
+
+def make_run_folder(run_dir: Path) -> Path:
+    """Write a run folder in the format python -m train writes, with made-up numbers."""
+    torch.manual_seed(0)
+    BrainTumorClassifier(input_size=32).save_pretrained(run_dir)
+
+    metrics = {
+        "split": "test",
+        "split_kind": "random",
+        "num_images": 460,
+        "accuracy": 0.9717391304347826,
+        "balanced_accuracy": 0.9650793650793651,
+        "macro_f1": 0.9671052631578947,
+        "per_class": {
+            "glioma": {"precision": 0.981, "recall": 0.9813, "f1": 0.9811, "support": 214, "roc_auc": 0.9978},
+            "meningioma": {"precision": 0.9434, "recall": 0.9434, "f1": 0.9434, "support": 106, "roc_auc": None},
+            "pituitary": {"precision": 0.9786, "recall": 0.9786, "f1": 0.9786, "support": 140, "roc_auc": 0.9991},
+        },
+        "confusion_matrix": {"labels": LABELS, "matrix": [[210, 4, 0], [3, 100, 3], [1, 2, 137]]},
+        "inference": {
+            "batch_1_latency_ms": 3.21,
+            "batched_images_per_second": 812.5,
+            "batch_size": 64,
+            "device": "cpu",
+            "threads": 2,
+        },
+        "evaluate_command": f"python -m train.evaluate --run-dir {run_dir}",
+    }
+    train_config = {
+        "model": "braincancernet",
+        "dataset": "/data/brain-tumor-mri",
+        "output_dir": str(run_dir),
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.002,
+        "weight_decay": 0.05,
+        "warmup_epochs": 0.5,
+        "label_smoothing": 0.1,
+        "mixed_precision": "bf16",
+        "seed": 7,
+        "split": "random",
+        "command": f"python -m train --dataset /data/brain-tumor-mri --output-dir {run_dir} --epochs 2 --seed 7",
+    }
+    history = {
+        "epochs": [
+            {"epoch": 1, "train_loss": 1.02, "train_accuracy": 0.51, "val_loss": 0.93, "val_accuracy": 0.62,
+             "lr": 0.002, "seconds": 61.5},
+            {"epoch": 2, "train_loss": 0.71, "train_accuracy": 0.83, "val_loss": 0.58, "val_accuracy": 0.8761,
+             "lr": 0.0, "seconds": 60.25},
+        ],
+        "best_epoch": 2,
+        "training_seconds": 3725.4,
+        "hardware": "AMD EPYC test CPU, 2 threads",
+    }
+    manifest = {
+        "source": "/data/brain-tumor-mri",
+        "seed": 7,
+        "kind": "random",
+        "label_names": LABELS,
+        "splits": {
+            "train": [{"file": f"glioma/{i}.jpg", "label": "glioma"} for i in range(7)],
+            "validation": [{"file": "glioma/7.jpg", "label": "glioma"}],
+            "test": [{"file": "pituitary/8.jpg", "label": "pituitary"}, {"file": "glioma/9.jpg", "label": "glioma"}],
+        },
+    }
+
+    for name, content in {
+        "metrics.json": metrics,
+        "confusion_matrix.json": metrics["confusion_matrix"],
+        "train_config.json": train_config,
+        "history.json": history,
+        "split_manifest.json": manifest,
+    }.items():
+        (run_dir / name).write_text(json.dumps(content, indent=2) + "\n")
+    Image.new("L", (8, 8)).save(run_dir / "confusion_matrix.png")
+    Image.new("L", (8, 8)).save(run_dir / "training_curves.png")
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return make_run_folder(tmp_path / "run")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def metric_values(card: ModelCard, split_kind: str = "random") -> dict[str, float]:
+    return {
+        result.metric_type: result.metric_value
+        for result in card.data.eval_results
+        if result.dataset_config == split_kind
+    }
+
+
+def python_snippet(card: ModelCard) -> str:
+    section = card.text.split("## How to get started", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def test_card_metrics_equal_metrics_json(run_dir: Path) -> None:
+    metrics = read_json(run_dir / "metrics.json")
+    card = render_model_card(run_dir)
+    values = metric_values(card)
+    assert values["accuracy"] == metrics["accuracy"]
+    assert values["balanced_accuracy"] == metrics["balanced_accuracy"]
+    assert values["f1"] == metrics["macro_f1"]
+    assert all(result.dataset_split == "test" for result in card.data.eval_results)
+
+
+def test_card_text_numbers_come_from_files(run_dir: Path) -> None:
+    metrics = read_json(run_dir / "metrics.json")
+    text = render_model_card(run_dir).text
+    assert "97.17% accuracy" in text
+    assert "| test (random split by slice) | 460 | 0.9717 | 0.9651 | 0.9671 |" in text
+    assert "| `glioma` | 0.9810 | 0.9813 | 0.9811 | 0.9978 | 214 |" in text
+    assert "| `meningioma` | 0.9434 | 0.9434 | 0.9434 | n/a | 106 |" in text, "a missing ROC AUC shows as n/a"
+    assert "| **meningioma** | 3 | 100 | 3 |" in text
+    assert "3.21 ms per single slice" in text
+    assert "812.5 slices per second in batches of 64" in text
+    assert f"{count_parameters(run_dir / 'model.safetensors'):,} parameters" in text
+
+
+def test_card_names_commands(run_dir: Path) -> None:
+    text = render_model_card(run_dir).text
+    train_config = read_json(run_dir / "train_config.json")
+    metrics = read_json(run_dir / "metrics.json")
+    assert f"```bash\n{train_config['command']}\n```" in text
+    assert f"```bash\n{metrics['evaluate_command']}\n```" in text
+
+
+def test_card_training_section_from_files(run_dir: Path) -> None:
+    text = render_model_card(run_dir).text
+    assert "| `lr` | `0.002` |" in text
+    assert "| `mixed_precision` | `bf16` |" in text
+    assert "| `warmup_epochs` | `0.5` |" in text
+    assert "epoch 2,\nthe best epoch recorded in `history.json`, with validation accuracy 0.8761" in text
+    assert "1 h 02 min (3725.4 s)" in text
+    assert "AMD EPYC test CPU, 2 threads" in text
+    assert "- train: 7\n- validation: 1\n- test: 2" in text
+    assert "![Training and validation loss and accuracy per epoch](training_curves.png)" in text
+    assert "![Confusion matrix on the test split](confusion_matrix.png)" in text
+
+
+def test_card_states_limits_and_citations(run_dir: Path) -> None:
+    text = render_model_card(run_dir).text
+    first_paragraph = text.strip().split("\n\n")[1]
+    assert "Research use only" in first_paragraph
+    assert "not be used to diagnose" in first_paragraph
+    assert "2005 and 2010" in text
+    assert 'no "no tumor" class' in text
+    assert "random by slice" in text
+    assert "Scanner and protocol shift" in text
+    for doi in ("10.6084/m9.figshare.1512427.v5", "10.1371/journal.pone.0140381", "10.1371/journal.pone.0157112"):
+        assert doi in text
+
+
+def test_card_metadata_fields(run_dir: Path) -> None:
+    data = render_model_card(run_dir, repo_id="example-org/brain-tumor-test").data
+    assert data.license == "cc-by-4.0"
+    assert data.pipeline_tag == "image-classification"
+    assert data.library_name == "brain-tumor-classifier"
+    assert {"medical", "mri", "brain-tumor", "timm", "braincancernet"} <= set(data.tags)
+    assert data.metrics == ["accuracy", "f1"]
+    assert data.model_name == "example-org/brain-tumor-test"
+    assert data.datasets is None, "a local dataset folder is no Hub dataset id"
+
+
+def test_card_metadata_names_hub_dataset(run_dir: Path) -> None:
+    config = read_json(run_dir / "train_config.json")
+    config["dataset"] = "example-org/brain-tumor-mri"
+    (run_dir / "train_config.json").write_text(json.dumps(config))
+    card = render_model_card(run_dir)
+    assert card.data.datasets == ["example-org/brain-tumor-mri"]
+    assert {result.dataset_type for result in card.data.eval_results} == {"example-org/brain-tumor-mri"}
+
+
+def test_card_yaml_round_trips(run_dir: Path) -> None:
+    card = render_model_card(run_dir, repo_id="example-org/brain-tumor-test")
+    parsed = ModelCard(str(card))
+    assert parsed.data.to_dict() == card.data.to_dict()
+    assert parsed.data.eval_results == card.data.eval_results
+    rebuilt = ModelCardData(**card.data.to_dict())
+    assert rebuilt.to_dict() == card.data.to_dict()
+    assert str(parsed) == str(card)
+
+
+def test_write_round_trips_through_load(run_dir: Path) -> None:
+    path = write_model_card(run_dir)
+    assert path == run_dir / "README.md"
+    loaded = ModelCard.load(path)
+    assert loaded.data.to_dict() == render_model_card(run_dir).data.to_dict()
+    assert path.read_text().endswith("```\n")
+
+
+def test_render_is_deterministic(run_dir: Path) -> None:
+    first = str(render_model_card(run_dir, repo_id="example-org/brain-tumor-test"))
+    second = str(render_model_card(run_dir, repo_id="example-org/brain-tumor-test"))
+    assert first == second
+    write_model_card(run_dir)
+    written = (run_dir / "README.md").read_bytes()
+    write_model_card(run_dir)
+    assert (run_dir / "README.md").read_bytes() == written
+
+
+def test_snippet_runs_with_local_folder(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    snippet = python_snippet(render_model_card(run_dir))
+    assert f'from_pretrained("{run_dir}")' in snippet
+    monkeypatch.chdir(tmp_path)
+    Image.new("L", (48, 40), color=90).save(tmp_path / EXAMPLE_IMAGE_NAME)
+    namespace: dict = {}
+    exec(compile(snippet, "model_card_snippet", "exec"), namespace)
+    probabilities = namespace["probs"]
+    assert probabilities.shape == (1, 3)
+    assert float(probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert namespace["model"].label_names == LABELS
+
+
+def test_snippet_names_repo_id(run_dir: Path) -> None:
+    snippet = python_snippet(render_model_card(run_dir, repo_id="example-org/brain-tumor-test"))
+    assert 'BrainTumorClassifier.from_pretrained("example-org/brain-tumor-test")' in snippet
+
+
+def test_extra_split_results_reported(run_dir: Path, tmp_path: Path) -> None:
+    patient_metrics = read_json(run_dir / "metrics.json")
+    patient_metrics.update(
+        split_kind="patient", num_images=401, accuracy=0.8827930174563591, balanced_accuracy=0.87, macro_f1=0.8712,
+        evaluate_command="python -m train.evaluate --run-dir runs/patient",
+    )
+    extra_path = tmp_path / "patient_metrics.json"
+    extra_path.write_text(json.dumps(patient_metrics))
+    card = render_model_card(run_dir, extra_metrics=[extra_path])
+    assert metric_values(card, "patient") == {"accuracy": 0.8827930174563591, "balanced_accuracy": 0.87, "f1": 0.8712}
+    assert metric_values(card, "random")["accuracy"] == 0.9717391304347826
+    assert len(card.data.to_dict()["model-index"][0]["results"]) == 2
+    assert "| test (patient split) | 401 | 0.8828 | 0.8700 | 0.8712 |" in card.text
+    assert "python -m train.evaluate --run-dir runs/patient" in card.text
+    assert "also lists the other splits" in card.text
+    assert ModelCard(str(card)).data.eval_results == card.data.eval_results
+
+
+def test_metrics_group_file_reported(run_dir: Path) -> None:
+    group_entry = dict(read_json(run_dir / "metrics.json"), split_kind="patient", accuracy=0.9)
+    (run_dir / "metrics_group.json").write_text(json.dumps([group_entry]))
+    assert metric_values(render_model_card(run_dir), "patient")["accuracy"] == 0.9
+
+
+def test_duplicate_split_results_rejected(run_dir: Path) -> None:
+    (run_dir / "metrics_group.json").write_text(json.dumps([read_json(run_dir / "metrics.json")]))
+    with pytest.raises(ValueError, match="one per split and kind"):
+        render_model_card(run_dir)
+
+
+def test_missing_run_file_named(run_dir: Path) -> None:
+    (run_dir / "history.json").unlink()
+    with pytest.raises(FileNotFoundError, match="history.json"):
+        render_model_card(run_dir)
+
+
+def test_incomplete_metrics_named(run_dir: Path) -> None:
+    metrics = read_json(run_dir / "metrics.json")
+    del metrics["macro_f1"]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match="macro_f1"):
+        render_model_card(run_dir)
+
+
+def test_parameter_count_skips_batch_norm_buffers(run_dir: Path) -> None:
+    model = BrainTumorClassifier.from_pretrained(str(run_dir))
+    assert count_parameters(run_dir / "model.safetensors") == sum(p.numel() for p in model.parameters())
