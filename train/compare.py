@@ -1,0 +1,196 @@
+"""Train (or reuse) both architectures on the same splits and write ``reports/comparison.md``.
+
+    python -m train.compare --dataset ../shared/data/brain-tumor-mri --output-dir reports
+
+Each (model, split) pair gets a run folder under ``--runs-dir``. A folder whose
+``train_config.json`` already matches the recipe and that holds ``metrics.json`` is reused
+unless ``--retrain`` is given, so the report can be regenerated without training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_card.render import METRICS_GROUP_NAME, write_model_card
+
+from .config import TrainConfig
+from .evaluate import RunScores, classification_metrics, score_run
+from .leakage import leakage_audit
+from .recipes import RECIPES
+from .report import update_readme_results, write_report
+from .training import run_training
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("random", "group")
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclass
+class RunResult:
+    """Everything the report shows for one (model, split) pair."""
+
+    model: str
+    split: str
+    run_dir: Path
+    scores: RunScores
+    history: dict
+    train_config: dict
+    intervals: dict
+    weights_megabytes: float
+    num_parameters: int
+
+
+def run_dir_for(runs_dir: Path, model: str, split: str) -> Path:
+    """Return the run folder of a pair: ``MODEL`` for the random split, ``MODEL-group`` otherwise."""
+    return runs_dir / (model if split == "random" else f"{model}-{split}")
+
+
+def recipe_config(model: str, split: str, dataset: str, run_dir: Path) -> TrainConfig:
+    return TrainConfig(model=model, dataset=dataset, output_dir=str(run_dir), split=split, **RECIPES[model])
+
+
+def matches_recipe(run_dir: Path, config: TrainConfig) -> bool:
+    """Tell whether a finished run used this recipe, so its results can be reused."""
+    config_path = run_dir / "train_config.json"
+    if not (run_dir / "metrics.json").is_file() or not config_path.is_file():
+        return False
+    recorded = json.loads(config_path.read_text())
+    wanted = config.to_dict()
+    defaults = TrainConfig().to_dict()
+    keys = ["model", "split", "seed", "group_column", *RECIPES[config.model]]
+    # A key missing from an older train_config.json had its default value then.
+    return all(recorded.get(key, defaults[key]) == wanted[key] for key in keys)
+
+
+def train_or_reuse(config: TrainConfig, *, retrain: bool) -> None:
+    run_dir = Path(config.output_dir)
+    if not retrain and matches_recipe(run_dir, config):
+        logger.info("Reusing %s (its train_config.json matches the recipe)", run_dir)
+        return
+    command = ["python", "-m", "train", "--model", config.model, "--dataset", config.dataset,
+               "--output-dir", str(run_dir), "--split", config.split]
+    for key, value in RECIPES[config.model].items():
+        command += ["--" + key.replace("_", "-"), str(value)]
+    logger.info("Training %s on the %s split into %s", config.model, config.split, run_dir)
+    run_training(TrainConfig(**{**config.to_dict(), "command": shlex.join(command)}))
+
+
+def bootstrap_intervals(
+    labels: np.ndarray, probabilities: np.ndarray, label_names: list[str], *, seed: int = 0
+) -> dict[str, list[float]]:
+    """Return 95% percentile intervals of accuracy, balanced accuracy and macro F1 over resampled test images."""
+    rng = np.random.default_rng(seed)
+    samples = {"accuracy": [], "balanced_accuracy": [], "macro_f1": []}
+    for _ in range(BOOTSTRAP_SAMPLES):
+        rows = rng.integers(0, len(labels), len(labels))
+        with warnings.catch_warnings():
+            # A resample can miss a class, which scikit-learn warns about; the metric is still defined.
+            warnings.simplefilter("ignore", UserWarning)
+            metrics = classification_metrics(labels[rows], probabilities[rows], label_names)
+        for key in samples:
+            samples[key].append(metrics[key])
+    return {key: np.percentile(values, [2.5, 97.5]).round(4).tolist() for key, values in samples.items()}
+
+
+def paired_difference(first: RunResult, second: RunResult, *, seed: int = 0) -> dict:
+    """Bootstrap the accuracy difference of two models scored on the same test images."""
+    correct_first = first.scores.probabilities.argmax(1) == first.scores.labels
+    correct_second = second.scores.probabilities.argmax(1) == second.scores.labels
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        rows = rng.integers(0, len(correct_first), len(correct_first))
+        differences.append(correct_first[rows].mean() - correct_second[rows].mean())
+    return {
+        "difference": float(correct_first.mean() - correct_second.mean()),
+        "interval": np.percentile(differences, [2.5, 97.5]).round(4).tolist(),
+    }
+
+
+def collect_result(model: str, split: str, run_dir: Path) -> RunResult:
+    scores = score_run(run_dir)
+    weights = run_dir / "model.safetensors"
+    return RunResult(
+        model=model,
+        split=split,
+        run_dir=run_dir,
+        scores=scores,
+        history=json.loads((run_dir / "history.json").read_text()),
+        train_config=json.loads((run_dir / "train_config.json").read_text()),
+        intervals=bootstrap_intervals(scores.labels, scores.probabilities, scores.classifier.label_names),
+        weights_megabytes=weights.stat().st_size / 1e6,
+        num_parameters=sum(parameter.numel() for parameter in scores.classifier.parameters()),
+    )
+
+
+def attach_other_splits(results: list[RunResult]) -> None:
+    """Give each run folder its model's results on the other splits, and re-render its card with them."""
+    for result in results:
+        others = [
+            {key: value for key, value in other.scores.metrics.items()}
+            for other in results
+            if other.model == result.model and other.split != result.split
+        ]
+        (result.run_dir / METRICS_GROUP_NAME).write_text(json.dumps(others, indent=2) + "\n")
+        write_model_card(result.run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.compare",
+        description="Train or reuse ResNet50 and BrainCancerNet on random and group-aware splits and compare them.",
+    )
+    parser.add_argument("--dataset", required=True, help="Imagefolder path or Hub dataset id.")
+    parser.add_argument("--output-dir", type=Path, default=Path("reports"), help="Where comparison.md and its figures go.")
+    parser.add_argument("--runs-dir", type=Path, default=Path("space/models"), help="Parent folder of the run folders.")
+    parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="Architectures.")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS), help="Split kinds.")
+    parser.add_argument("--retrain", action="store_true", help="Train again even where a matching run exists.")
+    parser.add_argument(
+        "--readme", type=Path, default=Path(__file__).resolve().parents[1] / "README.md",
+        help="README whose comparison block is rewritten (only if it has the block's markers).",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        results = []
+        for split in args.splits:
+            for model in args.models:
+                run_dir = run_dir_for(args.runs_dir, model, split)
+                train_or_reuse(recipe_config(model, split, args.dataset, run_dir), retrain=args.retrain)
+                results.append(collect_result(model, split, run_dir))
+        audits = {
+            split: leakage_audit(run_dir_for(args.runs_dir, args.models[0], split), dataset=args.dataset)
+            for split in args.splits
+        }
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    differences = {}
+    for split in args.splits:
+        pair = [result for result in results if result.split == split]
+        if len(pair) == 2:
+            differences[split] = paired_difference(pair[0], pair[1])
+    command = shlex.join(["python", "-m", "train.compare", *(sys.argv[1:] if argv is None else argv)])
+    report = write_report(args.output_dir, results, differences, audits, command=command)
+    print(f"Wrote {report}")
+    attach_other_splits(results)
+    if args.readme is not None and update_readme_results(args.readme, results, command=command):
+        print(f"Updated the results table in {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""Markdown and figures of the model comparison (``reports/comparison.md``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from .compare import RunResult
+
+SPLIT_TITLES = {
+    "random": "Random split by slice (comparable with the literature)",
+    "group": "Group-aware split (no similarity group on two sides)",
+}
+SAVE_OPTIONS = {"metadata": {"Software": None}}
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def interval(bounds: list[float]) -> str:
+    return f"{100 * bounds[0]:.1f}–{100 * bounds[1]:.1f}"
+
+
+def plot_confusion_grid(results: list[RunResult], path: Path) -> None:
+    figure, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.9), dpi=110, squeeze=False)
+    for axis, result in zip(axes[0], results):
+        matrix = np.asarray(result.scores.metrics["confusion_matrix"]["matrix"])
+        labels = result.scores.metrics["confusion_matrix"]["labels"]
+        axis.imshow(matrix, cmap="Blues")
+        axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        axis.set_yticks(range(len(labels)), labels)
+        axis.set_title(f"{result.model}, {result.split} split", fontsize=9)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        for (row, column), count in np.ndenumerate(matrix):
+            color = "white" if count > matrix.max() / 2 else "black"
+            axis.text(column, row, str(count), ha="center", va="center", color=color)
+    figure.tight_layout()
+    figure.savefig(path, **SAVE_OPTIONS)
+    plt.close(figure)
+
+
+def plot_curves(results: list[RunResult], path: Path) -> None:
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+    for result in results:
+        epochs = result.history["epochs"]
+        numbers = [entry["epoch"] for entry in epochs]
+        name = f"{result.model} ({result.split})"
+        loss_line, = loss_axis.plot(numbers, [entry["train_loss"] for entry in epochs], label=f"{name} train")
+        loss_axis.plot(numbers, [entry["val_loss"] for entry in epochs], "--", color=loss_line.get_color(),
+                       label=f"{name} validation")
+        accuracy_axis.plot(numbers, [entry["val_accuracy"] for entry in epochs], color=loss_line.get_color(),
+                           label=f"{name} validation")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("cross-entropy loss")
+    loss_axis.set_ylim(0, 1.5)
+    accuracy_axis.set_xlabel("epoch")
+    accuracy_axis.set_ylabel("validation accuracy")
+    accuracy_axis.set_ylim(0.4, 1.0)
+    loss_axis.legend(fontsize=7)
+    accuracy_axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, **SAVE_OPTIONS)
+    plt.close(figure)
+
+
+def plot_accuracy_intervals(results: list[RunResult], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(6, 0.55 * len(results) + 1.2), dpi=110)
+    names = [f"{result.model}, {result.split}" for result in results]
+    values = [100 * result.scores.metrics["accuracy"] for result in results]
+    lows = [values[i] - 100 * result.intervals["accuracy"][0] for i, result in enumerate(results)]
+    highs = [100 * result.intervals["accuracy"][1] - values[i] for i, result in enumerate(results)]
+    axis.errorbar(values, range(len(results)), xerr=[lows, highs], fmt="o", capsize=4)
+    axis.set_yticks(range(len(results)), names)
+    axis.set_xlabel("test accuracy (%), 95% bootstrap interval")
+    axis.invert_yaxis()
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, **SAVE_OPTIONS)
+    plt.close(figure)
+
+
+def plot_leakage_pairs(audit: dict, path: Path, *, count: int = 6) -> None:
+    """Show the most similar train/test pairs side by side."""
+    pairs = audit["pairs"][:count]
+    if not pairs:
+        return
+    row_of = {file_id: row for row, file_id in enumerate(audit["file_ids"])}
+    figure, axes = plt.subplots(2, len(pairs), figsize=(1.9 * len(pairs), 4.2), dpi=100, squeeze=False)
+    for column, (train_file, test_file, correlation) in enumerate(pairs):
+        for row, (file_id, part) in enumerate(((train_file, "train"), (test_file, "test"))):
+            axis = axes[row][column]
+            axis.imshow(audit["pixels"][row_of[file_id]], cmap="gray")
+            axis.set_title(f"{part}: {file_id}" + (f"\nr = {correlation:.3f}" if row == 0 else ""), fontsize=7)
+            axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, **SAVE_OPTIONS)
+    plt.close(figure)
+
+
+def summary_rows(results: list[RunResult]) -> list[str]:
+    rows = [
+        "| model | split | accuracy (95% CI) | balanced accuracy (95% CI) | macro F1 (95% CI) | "
+        + " | ".join(f"{name} acc. / AUC" for name in results[0].scores.classifier.label_names)
+        + " |",
+        "|" + " --- |" * (5 + len(results[0].scores.classifier.label_names)),
+    ]
+    for result in results:
+        metrics = result.scores.metrics
+        per_class = " | ".join(
+            f"{percent(values['recall'])} / {'n/a' if values['roc_auc'] is None else format(values['roc_auc'], '.4f')}"
+            for values in metrics["per_class"].values()
+        )
+        rows.append(
+            f"| {result.model} | {result.split} | {percent(metrics['accuracy'])} ({interval(result.intervals['accuracy'])}) "
+            f"| {percent(metrics['balanced_accuracy'])} ({interval(result.intervals['balanced_accuracy'])}) "
+            f"| {100 * metrics['macro_f1']:.2f} ({interval(result.intervals['macro_f1'])}) | {per_class} |"
+        )
+    return rows
+
+
+def cost_rows(results: list[RunResult]) -> list[str]:
+    rows = [
+        "| model | split | input | epochs (best) | training time | hardware | batch-1 latency | batched throughput "
+        "| parameters | weights file |",
+        "|" + " --- |" * 10,
+    ]
+    for result in results:
+        inference = result.scores.metrics["inference"]
+        minutes = result.history["training_seconds"] / 60
+        rows.append(
+            f"| {result.model} | {result.split} | {result.train_config['image_size']} px "
+            f"| {len(result.history['epochs'])} ({result.history['best_epoch']}) | {minutes:.1f} min "
+            f"| {result.history['hardware']} | {inference['batch_1_latency_ms']:.1f} ms "
+            f"| {inference['batched_images_per_second']:.0f} img/s | {result.num_parameters / 1e6:.2f} M "
+            f"| {result.weights_megabytes:.1f} MB |"
+        )
+    return rows
+
+
+def write_report(output_dir: Path, results: list[RunResult], differences: dict, audits: dict, *, command: str) -> Path:
+    """Write comparison.md, comparison.json and the figures, returning the Markdown path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plot_confusion_grid(results, output_dir / "confusion_matrices.png")
+    plot_curves(results, output_dir / "training_curves.png")
+    plot_accuracy_intervals(results, output_dir / "accuracy_intervals.png")
+    for split, audit in audits.items():
+        plot_leakage_pairs(audit, output_dir / f"leakage_{split}.png")
+
+    lines = [
+        "# ResNet50 vs BrainCancerNet on brain tumor MRI slices",
+        "",
+        "Research use only, not for diagnosis.",
+        "",
+        f"Generated by `{command}`. Every figure below comes from the run folders named in the last "
+        "section; the test split of each run is listed in its `split_manifest.json`.",
+        "",
+        "## Test results",
+        "",
+        "Accuracy per class is the recall of that class. Intervals are 95% percentile bootstrap "
+        f"intervals over the test images ({len(results[0].scores.labels)} or so per split, 2,000 resamples).",
+        "",
+        *summary_rows(results),
+        "",
+        "![Accuracy with intervals](accuracy_intervals.png)",
+        "",
+    ]
+    for split, difference in differences.items():
+        first, second = [result.model for result in results if result.split == split]
+        lines.append(
+            f"- {SPLIT_TITLES[split]}: {first} minus {second} accuracy = {100 * difference['difference']:+.2f} points "
+            f"(paired bootstrap 95% interval {100 * difference['interval'][0]:+.1f} to "
+            f"{100 * difference['interval'][1]:+.1f})."
+        )
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "Latency and throughput were measured in one process on the machine that ran this command "
+        "(median of 20 single-image calls; 64-image batches), in float32.",
+        "",
+        *cost_rows(results),
+        "",
+        "## Confusion matrices",
+        "",
+        "![Confusion matrices](confusion_matrices.png)",
+        "",
+        "## Training curves",
+        "",
+        "![Training curves](training_curves.png)",
+        "",
+        "## Leakage audit",
+        "",
+        "Near-duplicates are train/test pairs whose 24 x 24 thumbnails correlate at 0.97 or more "
+        "(`train.groups.near_duplicate_pairs`). Run it on any split with `python -m train.leakage`.",
+        "",
+        "| split | test images | test images with a near-duplicate in train | pairs |",
+        "| --- | --- | --- | --- |",
+    ]
+    for split, audit in audits.items():
+        lines.append(
+            f"| {split} | {audit['test_images']} | {audit['test_images_with_duplicate']} | {len(audit['pairs'])} |"
+        )
+    for split, audit in audits.items():
+        if audit["pairs"]:
+            lines += ["", f"Most similar pairs, {split} split:", "", f"![Leakage pairs]({f'leakage_{split}.png'})"]
+    lines += ["", "## Run folders", ""]
+    lines += [f"- {result.model}, {result.split}: `{result.run_dir}` (`{result.train_config['command']}`)"
+              for result in results]
+
+    report = output_dir / "comparison.md"
+    report.write_text("\n".join(lines) + "\n")
+    summary = [
+        {
+            "model": result.model,
+            "split": result.split,
+            "run_dir": str(result.run_dir),
+            "metrics": {key: value for key, value in result.scores.metrics.items() if key != "evaluate_command"},
+            "intervals": result.intervals,
+            "training_seconds": result.history["training_seconds"],
+            "hardware": result.history["hardware"],
+            "num_parameters": result.num_parameters,
+            "weights_megabytes": round(result.weights_megabytes, 2),
+        }
+        for result in results
+    ]
+    (output_dir / "comparison.json").write_text(
+        json.dumps({"command": command, "results": summary, "differences": differences}, indent=2) + "\n"
+    )
+    return report
+
+
+README_START = "<!-- comparison:start -->"
+README_END = "<!-- comparison:end -->"
+
+
+def update_readme_results(readme: Path, results: list[RunResult], *, command: str) -> bool:
+    """Replace the README's results block (between its two markers) with this comparison's table.
+
+    Returns False, changing nothing, when the README has no such block.
+    """
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    rows = [
+        "| model | split | test accuracy (95% CI) | macro F1 | training time | hardware | batch-1 latency |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for result in results:
+        metrics = result.scores.metrics
+        rows.append(
+            f"| {result.model} | {result.split} | {percent(metrics['accuracy'])} "
+            f"({interval(result.intervals['accuracy'])}) | {100 * metrics['macro_f1']:.2f} "
+            f"| {result.history['training_seconds'] / 60:.1f} min | {result.history['hardware']} "
+            f"| {metrics['inference']['batch_1_latency_ms']:.1f} ms |"
+        )
+    block = "\n".join([README_START, "", f"Written by `{command}`; details in "
+                       "[reports/comparison.md](reports/comparison.md).", "", *rows, "", README_END])
+    before, rest = text.split(README_START, 1)
+    after = rest.split(README_END, 1)[1]
+    readme.write_text(before + block + after)
+    return True
