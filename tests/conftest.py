@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny saved model, a synthetic slice, and the real data set when present."""
+
+import os
+
+# Tests must never reach the network: no Hub downloads, no Gradio usage analytics.
+# huggingface_hub reads HF_HUB_OFFLINE once on import, so this runs before any test module loads.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from brain_tumor_classifier import BrainTumorClassifier  # noqa: E402
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
+TINY_INPUT_SIZE = 64
+SLICE_SIZE = (80, 56)  # width, height: deliberately not square
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialized BrainCancerNet with 64 px input, saved with save_pretrained."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-braincancernet")
+    BrainTumorClassifier(architecture="braincancernet", input_size=TINY_INPUT_SIZE).save_pretrained(folder)
+    return folder
+
+
+def _synthetic_slice(width: int, height: int) -> Image.Image:
+    # A bright ellipse on black with a brighter blob, so the image has some structure.
+    y, x = np.mgrid[0:height, 0:width]
+    u = (x - width / 2) / (0.42 * width)
+    v = (y - height / 2) / (0.42 * height)
+    pixels = np.where(u**2 + v**2 < 1, 170.0, 0.0)
+    pixels += 60.0 * np.exp(-((x - 0.65 * width) ** 2 + (y - 0.4 * height) ** 2) / (0.01 * width * height))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+
+
+@pytest.fixture(scope="session")
+def slice_image() -> Image.Image:
+    """A synthetic 80 x 56 grayscale slice (not square, so padding matters)."""
+    return _synthetic_slice(*SLICE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def slice_png(tmp_path_factory, slice_image) -> Path:
+    """The synthetic slice, written as a PNG file."""
+    path = tmp_path_factory.mktemp("slices") / "slice.png"
+    slice_image.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_slice_path() -> Path:
+    """The first glioma slice of the shared data set. Tests that use it are skipped without the data set."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"needs the brain tumor MRI data set at {DATA_DIR}, which is not present")
+    paths = sorted((DATA_DIR / "glioma").glob("*.jpg"))
+    if not paths:
+        pytest.skip(f"no glioma/*.jpg slices under {DATA_DIR}")
+    return paths[0]
