@@ -121,7 +121,7 @@ class BrainCancerNet(nn.Module):
 
 default_cfgs = generate_default_cfgs(
     {
-        # No pretrained weights are published under this tag: the entry only tells timm
+        # No pretrained weights are published under this tag: the entry only gives timm
         # the input format and the name of the classifier layer.
         "braincancernet.untrained": {
             "url": "",

@@ -1,9 +1,9 @@
 """The one preprocessing path shared by training, evaluation and the app.
 
-A slice is converted to 8-bit grayscale, padded with black to a square (MRI
-background is black, so padding adds no signal and cropping cannot cut a
-tumor), resized to the model's input size, then scaled to [0, 1] and
-normalized with the model's mean and std.
+A slice is converted to 8-bit grayscale and padded with black to a square.
+MRI background is black, so padding adds no signal, and unlike cropping it
+cannot cut a tumor off. The square is resized to the model's input size,
+scaled to [0, 1] and normalized with the model's mean and std.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ from PIL import Image  # noqa: E402
 
 from brain_tumor_classifier import BrainTumorClassifier  # noqa: E402
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
+# The real slices sit beside the checkout; BRAIN_TUMOR_MRI_DIR points elsewhere.
+DATA_DIR = Path(
+    os.environ.get("BRAIN_TUMOR_MRI_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri")
+)
 TINY_INPUT_SIZE = 64
 SLICE_SIZE = (80, 56)  # width, height: deliberately not square
 

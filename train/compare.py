@@ -3,7 +3,7 @@
     python -m train.compare --dataset ../shared/data/brain-tumor-mri --output-dir reports
 
 Each (model, split) pair gets a run folder under ``--runs-dir``. A folder whose
-``train_config.json`` already matches the recipe and that holds ``metrics.json`` is reused
+``train_config.json`` already matches the recipe and that contains ``metrics.json`` is reused
 unless ``--retrain`` is given, so the report can be regenerated without training again.
 """
 
@@ -94,7 +94,7 @@ def bootstrap_intervals(
     for _ in range(BOOTSTRAP_SAMPLES):
         rows = rng.integers(0, len(labels), len(labels))
         with warnings.catch_warnings():
-            # A resample can miss a class, which scikit-learn warns about; the metric is still defined.
+            # A resample can miss a class. scikit-learn warns about that, but the metric is still defined.
             warnings.simplefilter("ignore", UserWarning)
             metrics = classification_metrics(labels[rows], probabilities[rows], label_names)
         for key in samples:

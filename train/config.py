@@ -14,7 +14,7 @@ CONFIG_NAME = "train_config.json"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run; saved as ``train_config.json`` in the run folder."""
+    """Everything that determines a training run, saved as ``train_config.json`` in the run folder."""
 
     model: str = "braincancernet"
     dataset: str = ""
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a brain tumor MRI classifier, evaluate it on its test split and export it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="JSON file of options; command-line flags override it.")
+    parser.add_argument("--config", type=Path, help="JSON file of options. Command-line flags override it.")
     defaults = TrainConfig()
     for item in fields(TrainConfig):
         if item.name == "command":
@@ -105,7 +105,7 @@ def resolve_config(args: argparse.Namespace, command: str) -> TrainConfig:
         known = {item.name for item in fields(TrainConfig)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown options {unknown} in {args.config}; valid options are {sorted(known)}.")
+            raise ValueError(f"Unknown options {unknown} in {args.config}. Valid options are {sorted(known)}.")
         config = replace(config, **values)
     flags = {name: value for name, value in vars(args).items() if name != "config" and value is not None}
     config = replace(config, **flags, command=command)

@@ -61,7 +61,7 @@ def _find_column(dataset: datasets.Dataset, feature_type: type, kind: str) -> st
         if isinstance(feature, feature_type):
             return name
     raise ValueError(
-        f"The dataset has no {kind} column of type {feature_type.__name__}; its columns are "
+        f"The dataset has no {kind} column of type {feature_type.__name__}. Its columns are "
         f"{dict(dataset.features)}. Use an imagefolder (one subfolder per class) or a dataset "
         f"with an Image column and a ClassLabel column."
     )
@@ -137,7 +137,7 @@ def read_manifest_split(path: Path, images: LabeledImages, split: str) -> list[i
     """Find the rows of ``images`` listed in a manifest's ``split``, checking each recorded label."""
     manifest = json.loads(Path(path).read_text())
     if split not in manifest["splits"]:
-        raise ValueError(f"Split {split!r} is not in {path}; it has {sorted(manifest['splits'])}.")
+        raise ValueError(f"Split {split!r} is not in {path}, which has {sorted(manifest['splits'])}.")
     row_of = {file_id: row for row, file_id in enumerate(images.file_ids)}
     labels = images.labels
     rows, missing, relabeled = [], [], []

@@ -116,7 +116,7 @@ def find_groups(images: LabeledImages, pixels: np.ndarray, group_column: str) ->
     if group_column:
         if group_column not in images.dataset.column_names:
             raise ValueError(
-                f"--group-column {group_column!r} is not a column of the dataset; its columns are "
+                f"--group-column {group_column!r} is not a column of the dataset. Its columns are "
                 f"{images.dataset.column_names}."
             )
         _, group_ids = np.unique(np.asarray(images.dataset[group_column], dtype=str), return_inverse=True)
@@ -245,7 +245,7 @@ def run_training(config: TrainConfig) -> dict:
     accelerator.register_for_checkpointing(state)
     ema = None
     if config.ema_decay > 0:
-        # The average starts as a copy of the initial weights; warmup keeps early steps from dominating it.
+        # The average starts as a copy of the initial weights, and its warmup keeps early steps from dominating it.
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.ema_decay, use_warmup=True)
         accelerator.register_for_checkpointing(ema)
     scored_model = model if ema is None else ema.module
