@@ -25,6 +25,9 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 THUMBNAIL_SIZE = 24
+# Slices are decoded at this size before the thumbnails are taken, whatever the model's input
+# size, so that every architecture trained on a dataset gets the same groups and the same split.
+GROUPING_DECODE_SIZE = 192
 DUPLICATE_THRESHOLD = 0.97
 NEIGHBOUR_THRESHOLD = 0.7
 

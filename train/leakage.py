@@ -11,10 +11,7 @@ import sys
 from pathlib import Path
 
 from .data import MANIFEST_NAME, decode_pixels, load_labeled_images, read_manifest_split
-from .groups import DUPLICATE_THRESHOLD, near_duplicate_pairs
-
-# Thumbnails are computed from slices decoded at this size, whatever the model's input size.
-AUDIT_SIZE = 192
+from .groups import DUPLICATE_THRESHOLD, GROUPING_DECODE_SIZE, near_duplicate_pairs
 
 
 def leakage_audit(run_dir: Path, *, dataset: str | None = None, threshold: float = DUPLICATE_THRESHOLD) -> dict:
@@ -24,7 +21,7 @@ def leakage_audit(run_dir: Path, *, dataset: str | None = None, threshold: float
         raise FileNotFoundError(f"{manifest_path} is missing: pass a run folder written by python -m train.")
     source = dataset or json.loads(manifest_path.read_text())["source"]
     images = load_labeled_images(source)
-    pixels = decode_pixels(images, AUDIT_SIZE)
+    pixels = decode_pixels(images, GROUPING_DECODE_SIZE)
     train_rows = read_manifest_split(manifest_path, images, "train")
     test_rows = read_manifest_split(manifest_path, images, "test")
     pairs = near_duplicate_pairs(pixels, train_rows, test_rows, threshold=threshold)

@@ -34,7 +34,7 @@ from .data import (
     write_manifest,
 )
 from .evaluate import classification_metrics, measure_inference, predict_pixels, write_evaluation
-from .groups import group_split, sequence_numbers, similarity_groups
+from .groups import GROUPING_DECODE_SIZE, group_split, sequence_numbers, similarity_groups
 from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ def find_groups(images: LabeledImages, pixels: np.ndarray, group_column: str) ->
             )
         _, group_ids = np.unique(np.asarray(images.dataset[group_column], dtype=str), return_inverse=True)
         return group_ids
+    if pixels.shape[-1] != GROUPING_DECODE_SIZE:
+        pixels = decode_pixels(images, GROUPING_DECODE_SIZE)
     groups = similarity_groups(pixels, images.labels, numbers=sequence_numbers(images.file_ids))
     logger.info("Found %d similarity groups among %d slices", len(np.unique(groups)), len(groups))
     return groups
