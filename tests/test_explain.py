@@ -1,19 +1,29 @@
 """Grad-CAM from one shared pass: agreement with pytorch-grad-cam, hook hygiene and overlays."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 from brain_tumor_classifier import BrainTumorClassifier, square_grayscale
 from brain_tumor_classifier.explain import (
     DEFAULT_METHODS,
+    EXCLUDED_METHODS,
+    MAX_PER_CHANNEL_PASSES,
+    available_methods,
     cam_to_original_geometry,
+    capture_activations_and_gradients,
     compute_cam_maps,
     default_target_layer,
+    excluded_methods,
     explain_image,
+    first_component_projection,
     grayscale_slice,
     library_cam_maps,
+    order_by_faithfulness,
     overlay_cam,
 )
 
@@ -51,6 +61,58 @@ def test_shared_pass_matches_library(architecture, slice_image):
         assert difference <= 1e-5, f"{method}: shared-pass map differs from the library map by {difference}"
 
 
+def test_scorecam_matches_library(slice_image):
+    classifier = _tiny_classifier("braincancernet")
+    input_tensor = classifier.preprocess([slice_image])
+
+    shared = compute_cam_maps(classifier.model, input_tensor, target_class=1, methods=["ScoreCAM"])
+    reference = library_cam_maps(classifier.model, input_tensor, target_class=1, methods=["ScoreCAM"])
+
+    assert np.ptp(reference["ScoreCAM"]) > 0.5, "ScoreCAM: reference map is flat, the comparison proves nothing"
+    difference = float(np.abs(shared["ScoreCAM"] - reference["ScoreCAM"]).max())
+    assert difference <= 1e-5, f"ScoreCAM: shared-pass map differs from the library map by {difference}"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 256, 6, 6), (1, 2048, 4, 4), (1, 2048, 2, 2), (1, 64, 16, 16), (3, 32, 5, 7)],
+    ids=["braincancernet-192", "resnet50-128", "resnet50-64", "more-positions-than-channels", "batch-of-3"],
+)
+def test_projection_matches_library_with_sign(shape):
+    rng = np.random.default_rng(sum(shape))
+    # Rectified, unevenly scaled channels resemble post-ReLU activations.
+    activations = (np.maximum(rng.standard_normal(shape), 0) * rng.random((1, shape[1], 1, 1))).astype(np.float32)
+
+    fast = first_component_projection(activations)
+    reference = get_2d_projection(activations)
+
+    assert fast.dtype == np.float32
+    assert fast.shape == reference.shape
+    # Comparing signed values (not absolute ones) checks that the sign of the component matches.
+    difference = float(np.abs(fast - reference).max())
+    assert difference <= 1e-5 * float(np.abs(reference).max()), f"projection differs by {difference}"
+
+
+def test_projection_sets_nan_to_zero_like_library():
+    activations = np.random.default_rng(1).random((1, 16, 3, 3)).astype(np.float32)
+    activations[0, 2, 1, 1] = np.nan
+
+    fast = first_component_projection(activations)
+
+    assert np.isfinite(fast).all()
+    assert np.allclose(fast, get_2d_projection(activations), atol=1e-6)
+    assert np.isnan(activations[0, 2, 1, 1]), "the caller's array was modified"
+
+
+def test_capture_leaves_parameter_gradients_alone(slice_image):
+    classifier = _tiny_classifier("braincancernet")
+    capture = capture_activations_and_gradients(classifier.model, classifier.preprocess([slice_image]))
+
+    assert capture.gradients.shape == capture.activations.shape
+    assert np.abs(capture.gradients).max() > 0
+    assert all(parameter.grad is None for parameter in classifier.model.parameters())
+
+
 def test_default_target_layer_is_last_stage():
     resnet = _tiny_classifier("resnet50").model
     braincancernet = _tiny_classifier("braincancernet").model
@@ -82,8 +144,34 @@ def test_training_mode_is_rejected(slice_image):
 
 
 def test_unknown_method_lists_choices(classifier, slice_image):
-    with pytest.raises(ValueError, match=r"Unknown CAM methods \['ScoreCAM'\]: choose from \['GradCAM'"):
-        compute_cam_maps(classifier.model, classifier.preprocess([slice_image]), methods=["ScoreCAM"])
+    with pytest.raises(ValueError, match=r"Unknown CAM methods \['NoSuchCAM'\]: choose from \['GradCAM'"):
+        compute_cam_maps(classifier.model, classifier.preprocess([slice_image]), methods=["NoSuchCAM"])
+
+
+def test_scorecam_excluded_for_wide_layer(slice_image):
+    resnet = _tiny_classifier("resnet50")
+    reasons = excluded_methods(resnet.model)
+
+    assert "2048 extra forward passes" in reasons["ScoreCAM"]
+    assert "ScoreCAM" not in available_methods(resnet.model)
+    with pytest.raises(ValueError, match="ScoreCAM is not available for this model: it needs 2048 extra"):
+        explain_image(resnet, slice_image, methods=["GradCAM", "ScoreCAM"])
+
+
+def test_scorecam_offered_for_narrow_layer():
+    braincancernet = _tiny_classifier("braincancernet").model
+
+    assert "ScoreCAM" not in excluded_methods(braincancernet)
+    assert available_methods(braincancernet) == (*DEFAULT_METHODS, "ScoreCAM")
+    assert braincancernet.num_features <= MAX_PER_CHANNEL_PASSES
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_ablationcam_always_excluded(architecture):
+    reasons = excluded_methods(_tiny_classifier(architecture).model)
+
+    assert reasons["AblationCAM"] == EXCLUDED_METHODS["AblationCAM"]
+    assert "AblationCAM" not in DEFAULT_METHODS
 
 
 def test_works_inside_inference_mode(classifier, slice_image):
@@ -152,6 +240,56 @@ def test_explain_image_uses_requested_class(slice_image):
     results = explain_image(classifier, slice_image, target_class=2, methods=["GradCAM", "EigenCAM"])
 
     assert [result.label for result in results] == ["pituitary", "pituitary"]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_class_can_be_explained(architecture, slice_image):
+    classifier = _tiny_classifier(architecture)
+    maps = {}
+    for index, label in enumerate(classifier.label_names):
+        results = explain_image(classifier, slice_image, target_class=index, methods=["GradCAM", "LayerCAM"])
+        assert [result.label for result in results] == [label, label]
+        assert all(label in result.caption for result in results)
+        maps[label] = results[0].cam
+
+    # Gradient-based maps depend on the class, so at least two classes must differ.
+    first, *others = maps.values()
+    assert any(np.abs(first - other).max() > 1e-3 for other in others), "every class gave the same GradCAM map"
+
+
+def test_caption_notes_are_appended(slice_image):
+    classifier = _tiny_classifier("braincancernet")
+    results = explain_image(
+        classifier, slice_image, methods=["GradCAM", "EigenCAM"], caption_notes={"GradCAM": "energy pointing 87%"}
+    )
+
+    assert results[0].caption.endswith(" · energy pointing 87%")
+    assert "pointing" not in results[1].caption
+
+
+def test_faithfulness_order_and_notes():
+    scores = {
+        "GradCAM": {"energy_pointing": 0.41},
+        "LayerCAM": {"energy_pointing": 0.87},
+        "EigenCAM": {"energy_pointing": float("nan")},
+        "HiResCAM": {"pointing_game": 0.9},
+    }
+    order, notes = order_by_faithfulness(["GradCAM", "HiResCAM", "LayerCAM", "EigenCAM"], scores)
+
+    assert order == ["LayerCAM", "GradCAM", "HiResCAM", "EigenCAM"]
+    assert notes == {"LayerCAM": "energy pointing 87%", "GradCAM": "energy pointing 41%"}
+
+
+def test_overlay_matches_library_blend():
+    rng = np.random.default_rng(2)
+    gray = rng.integers(0, 256, size=(40, 30), dtype=np.uint8)
+    cam = rng.random((40, 30)).astype(np.float32)
+
+    ours = overlay_cam(gray, cam, image_weight=0.4).astype(int)
+    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32) / 255
+    library = show_cam_on_image(rgb, cam, use_rgb=True, colormap=cv2.COLORMAP_JET, image_weight=0.4).astype(int)
+
+    assert np.abs(ours - library).max() <= 1
 
 
 def test_overlay_without_caption_keeps_slice_visible(slice_image):
