@@ -2,6 +2,11 @@
 
     python app.py [--model HUB_ID_OR_FOLDER] [--share] [--host 127.0.0.1] [--port N] [--examples-dir DIR]
 
+The models come from, in this order: ``--model`` (repeatable), the ``BRAIN_TUMOR_MODEL``
+environment variable, the ``models`` list of ``space/app_config.json`` (written by
+``python -m train.space`` for a Space), and otherwise every random-split run folder under
+``space/models/``, with the best one by ``reports/comparison.json`` selected first.
+
 The server binds 127.0.0.1 unless ``--host`` or the ``GRADIO_SERVER_NAME`` environment
 variable names another address (Hugging Face Spaces sets it to 0.0.0.0). Importing this
 module loads no model and starts nothing.
@@ -10,6 +15,7 @@ module loads no model and starts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -19,25 +25,31 @@ from typing import Sequence
 import gradio as gr
 
 from brain_tumor_classifier.predictor import Predictor
-from space.ui import build_demo
+from space.model_choice import discover_run_folders, rank_run_folders, read_comparison
+from space.ui import CONCURRENCY_LIMIT, MAX_QUEUE_SIZE, build_demo, launch_options
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL = REPO_ROOT / "space" / "models" / "braincancernet"
+MODELS_DIR = REPO_ROOT / "space" / "models"
+DEFAULT_MODEL = MODELS_DIR / "braincancernet"
+COMPARISON_REPORT = REPO_ROOT / "reports" / "comparison.json"
+APP_CONFIG = REPO_ROOT / "space" / "app_config.json"
 DEFAULT_EXAMPLES_DIR = REPO_ROOT / "space" / "examples"
 MODEL_ENV_VAR = "BRAIN_TUMOR_MODEL"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line. Defaults come from environment variables where noted."""
+    """Parse the command line. ``model`` stays None unless ``--model`` is given."""
     parser = argparse.ArgumentParser(description="Serve the brain tumor MRI classifier with Grad-CAM overlays.")
     parser.add_argument(
         "--model",
         action="append",
         metavar="HUB_ID_OR_FOLDER",
         help=f"Model folder written by save_pretrained, or a Hub repository id. Repeat the option to "
-        f"offer several models. Default: ${MODEL_ENV_VAR}, else {DEFAULT_MODEL.relative_to(REPO_ROOT)}.",
+        f"offer several models, the first selected at start. Default: ${MODEL_ENV_VAR}, else the models "
+        f"listed in {APP_CONFIG.relative_to(REPO_ROOT)}, else the random-split run folders under "
+        f"{MODELS_DIR.relative_to(REPO_ROOT)}, best first by {COMPARISON_REPORT.relative_to(REPO_ROOT)}.",
     )
     parser.add_argument("--share", action="store_true", help="Also publish the demo through a public Gradio share link.")
     parser.add_argument(
@@ -57,10 +69,69 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_EXAMPLES_DIR if DEFAULT_EXAMPLES_DIR.is_dir() else None,
         help="Folder of example slices shown under the upload box. Default: space/examples if it exists.",
     )
-    args = parser.parse_args(argv)
-    if not args.model:
-        args.model = [os.environ.get(MODEL_ENV_VAR) or str(DEFAULT_MODEL)]
-    return args
+    parser.add_argument(
+        "--concurrency-limit",
+        type=_positive_int,
+        default=CONCURRENCY_LIMIT,
+        help=f"Requests processed at the same time, all models together. Default: {CONCURRENCY_LIMIT}.",
+    )
+    parser.add_argument(
+        "--max-queue-size",
+        type=_positive_int,
+        default=MAX_QUEUE_SIZE,
+        help=f"Requests that may wait for a free slot. Further requests are rejected with a busy message. Default: {MAX_QUEUE_SIZE}.",
+    )
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def configured_models(config_path: Path = APP_CONFIG) -> list[str]:
+    """Return the ``models`` list of the app config file, or an empty list when there is no file.
+
+    Raises ValueError when the file exists but is not JSON with a list of strings under ``models``.
+    """
+    if not config_path.is_file():
+        return []
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path} is not valid JSON ({error}). Fix it or delete it.") from error
+    models = config.get("models") if isinstance(config, dict) else None
+    if not isinstance(models, list) or not models or not all(isinstance(model, str) and model for model in models):
+        raise ValueError(
+            f"{config_path} needs a non-empty 'models' list of Hub repository ids or folders, "
+            f'such as {{"models": ["ORG/NAME"]}}. Fix it or delete it.'
+        )
+    return models
+
+
+def model_sources(
+    args: argparse.Namespace,
+    *,
+    config_path: Path = APP_CONFIG,
+    models_dir: Path = MODELS_DIR,
+    comparison_path: Path = COMPARISON_REPORT,
+) -> list[str]:
+    """Return the model sources to load, the default first, following the order of precedence in the module docstring."""
+    if args.model:
+        return list(args.model)
+    from_environment = os.environ.get(MODEL_ENV_VAR)
+    if from_environment:
+        return [from_environment]
+    from_config = configured_models(config_path)
+    if from_config:
+        return from_config
+    folders = rank_run_folders(discover_run_folders(models_dir), read_comparison(comparison_path))
+    if folders:
+        return [str(folder) for folder in folders]
+    # Nothing to offer: loading the default folder fails with a message that names it.
+    return [str(DEFAULT_MODEL)]
 
 
 def load_predictors(sources: Sequence[str]) -> dict[str, Predictor]:
@@ -75,8 +146,16 @@ def load_predictors(sources: Sequence[str]) -> dict[str, Predictor]:
 
 
 def create_demo(args: argparse.Namespace) -> gr.Blocks:
-    """Load the models named in ``args`` and build the interface, without launching it."""
-    return build_demo(load_predictors(args.model), examples_dir=args.examples_dir)
+    """Load the models that ``args`` and the defaults name, and build the interface without launching it."""
+    predictors = load_predictors(model_sources(args))
+    # load_predictors keeps the order of the sources, so the first model is the default.
+    return build_demo(
+        predictors,
+        default_model=next(iter(predictors)),
+        examples_dir=args.examples_dir,
+        concurrency_limit=args.concurrency_limit,
+        max_queue_size=args.max_queue_size,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logger.info("Starting the demo on %s", args.host)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
     return 0
 
 

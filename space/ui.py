@@ -15,9 +15,55 @@ from PIL import Image
 
 from brain_tumor_classifier.predictor import InvalidImageError, Prediction, Predictor
 
-__all__ = ["DISCLAIMER", "build_demo", "example_images"]
+__all__ = [
+    "CONCURRENCY_LIMIT",
+    "DISCLAIMER",
+    "MAX_QUEUE_SIZE",
+    "MAX_UPLOAD_BYTES",
+    "build_demo",
+    "example_images",
+    "launch_options",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def _max_upload_bytes() -> int:
+    # image_io (the upload decoder) owns the size limit when it is installed. Older versions of
+    # the package have no image_io, and then the app uses the same 20 MiB.
+    try:
+        from brain_tumor_classifier import image_io
+    except ModuleNotFoundError as error:
+        if error.name != "brain_tumor_classifier.image_io":
+            raise
+        return 20 * 1024 * 1024
+    for name in ("MAX_FILE_SIZE_BYTES", "MAX_FILE_BYTES"):
+        if isinstance(getattr(image_io, name, None), int):
+            return getattr(image_io, name)
+    return 20 * 1024 * 1024
+
+
+# Largest upload in bytes. Gradio rejects a larger file in the browser and at its upload route,
+# before the file reaches the server's disk.
+MAX_UPLOAD_BYTES = _max_upload_bytes()
+
+# Requests processed at the same time, all models together. Predictor serializes inference per
+# model with a lock, and one inference already uses every thread torch is given, so a higher
+# limit does not classify faster. A limit of 2 lets one request's upload, decoding and gallery
+# encoding overlap with another's inference.
+# NOTE: chosen from that reasoning. Confirm it on an idle 2-core machine by comparing
+# `python benchmarks/load_test.py --concurrency-limit N` for N = 1, 2 and 4.
+CONCURRENCY_LIMIT = 2
+# Requests that may wait for a free slot. Gradio 6.31 rejects any further request at once: the
+# browser shows "This application is currently busy. Please try again." and gradio_client raises
+# QueueError. At an estimated 0.5 s per request on 2 cores (BrainCancerNet at 192 px with the
+# default Grad-CAM gallery), the last of 32 waiting requests waits about 15 s.
+MAX_QUEUE_SIZE = 32
+
+
+def launch_options() -> dict[str, Any]:
+    """Return the keyword arguments that every ``demo.launch`` call of this app passes."""
+    return {"max_file_size": MAX_UPLOAD_BYTES}
 
 DISCLAIMER = (
     "**Research use only, not for diagnosis.** This demo classifies single 2D MRI slices into the "
@@ -26,6 +72,14 @@ DISCLAIMER = (
 )
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_CACHE_MAX_AGE_S = 600
+# Shown in the probabilities box in place of a tumor type when the prediction carries a warning.
+WITHHELD_LABEL = "Not classified"
+WITHHELD_EXPLANATION = "No tumor type and no Grad-CAM overlays are shown for this image."
+# Used when a prediction is marked out of scope but carries no warning text of its own.
+OUT_OF_SCOPE_WARNING = (
+    "This image does not look like the MRI slices the model was trained on, so its class "
+    "probabilities would not mean anything. Upload a single 2D brain MRI slice."
+)
 
 
 def example_images(folder: str | Path | None, *, max_count: int = 12) -> list[str]:
@@ -64,42 +118,98 @@ def _gallery(prediction: Prediction) -> list[tuple[Image.Image, str]]:
     return [(result.overlay_image(), result.caption) for result in prediction.gallery]
 
 
+def _prediction_warning(prediction: Prediction) -> str | None:
+    # Prediction gained out_of_scope, warning and notices after the UI was written, so they are
+    # read with defaults that keep older versions of the package working.
+    warning = getattr(prediction, "warning", None)
+    if not warning and getattr(prediction, "out_of_scope", False):
+        warning = OUT_OF_SCOPE_WARNING
+    return warning or None
+
+
+def _notes(warning: str | None, notices: list[str]) -> str:
+    """Return the Markdown shown under the probabilities: the warning first, then the notices."""
+    parts = []
+    if warning:
+        parts.append(f"### ⚠️ Warning\n\n**{warning}**\n\n{WITHHELD_EXPLANATION}")
+    if notices:
+        parts.extend(f"ℹ️ {notice}" for notice in notices)
+    return "\n\n".join(parts)
+
+
+def _answer(predictor: Predictor, prediction: Prediction) -> tuple:
+    """Return the four outputs for one prediction, withholding the tumor type when it has a warning."""
+    notices = [str(notice) for notice in getattr(prediction, "notices", None) or []]
+    warning = _prediction_warning(prediction)
+    if warning:
+        # The browser also shows the warning as a pop-up, and API clients receive it as a log message.
+        gr.Warning(warning)
+        return WITHHELD_LABEL, [], _describe(predictor, answered=True), _notes(warning, notices)
+    return prediction.probabilities, _gallery(prediction), _describe(predictor, answered=True), _notes(None, notices)
+
+
+def _classify_with(predictor: Predictor, image: Any) -> tuple:
+    try:
+        prediction = predictor.predict(_uploaded_path(image))
+    except InvalidImageError as error:
+        # The message may contain the uploaded file's name, so only the fact is logged.
+        logger.info("Rejected an invalid image for model %s", predictor.name)
+        raise gr.Error(str(error), print_exception=False) from error
+    except Exception as error:
+        logger.exception("Prediction with model %s failed", predictor.name)
+        raise gr.Error(
+            "The prediction failed because of an internal error. The server log has the details.",
+            print_exception=False,
+        ) from error
+    return _answer(predictor, prediction)
+
+
+def _lookup(predictors: Mapping[str, Predictor], model_name: str) -> Predictor:
+    predictor = predictors.get(model_name)
+    if predictor is None:
+        logger.warning("Rejected a request for unknown model %r", model_name)
+        raise gr.Error(f"Unknown model {model_name!r}. Choose one of: {', '.join(predictors)}.", print_exception=False)
+    return predictor
+
+
 def _make_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, str], tuple]:
-    def classify(image: Any, model_name: str) -> tuple[dict[str, float], list, str]:
-        predictor = predictors.get(model_name)
-        if predictor is None:
-            logger.warning("Rejected a request for unknown model %r", model_name)
-            raise gr.Error(f"Unknown model {model_name!r}. Choose one of: {', '.join(predictors)}.", print_exception=False)
-        try:
-            prediction = predictor.predict(_uploaded_path(image))
-        except InvalidImageError as error:
-            # The message may contain the uploaded file's name, so only the fact is logged.
-            logger.info("Rejected an invalid image for model %s", model_name)
-            raise gr.Error(str(error), print_exception=False) from error
-        except Exception as error:
-            logger.exception("Prediction with model %s failed", model_name)
-            raise gr.Error(
-                "The prediction failed because of an internal error. The server log has the details.",
-                print_exception=False,
-            ) from error
-        return prediction.probabilities, _gallery(prediction), _describe(predictor, answered=True)
+    def classify(image: Any, model_name: str) -> tuple[dict[str, float] | str, list, str, str]:
+        return _classify_with(_lookup(predictors, model_name), image)
 
     return classify
+
+
+def _make_model_switch_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, str], tuple]:
+    def switch_model(image: Any, model_name: str) -> tuple:
+        # A new model choice classifies the current slice again, so the result on screen always
+        # comes from the model named under it. Without a slice, the old result is cleared.
+        predictor = _lookup(predictors, model_name)
+        if image is None:
+            return None, [], _describe(predictor, answered=False), ""
+        return _classify_with(predictor, image)
+
+    return switch_model
 
 
 def build_demo(
     predictors: Predictor | Mapping[str, Predictor],
     *,
+    default_model: str | None = None,
     examples_dir: str | Path | None = None,
     title: str = "Brain tumor MRI classifier",
     cache_max_age_s: int = DEFAULT_CACHE_MAX_AGE_S,
+    concurrency_limit: int = CONCURRENCY_LIMIT,
+    max_queue_size: int = MAX_QUEUE_SIZE,
 ) -> gr.Blocks:
     """Build the demo for one predictor or several, keyed by the name shown in the model menu.
 
-    The prediction endpoint is ``/predict`` with inputs ``(image, model)``, and a client may
-    leave out ``model`` to use the first predictor. Blocks have no flagging, and usage analytics are
-    off. Every ``cache_max_age_s`` seconds Gradio deletes the uploads and rendered overlays
-    in its cache that are older than that, and it deletes all of them when the server stops.
+    ``default_model`` names the model selected at first, by default the first one. The
+    prediction endpoint is ``/predict`` with inputs ``(image, model)`` and outputs
+    ``(probabilities, gallery, model line, notes)``. A client may leave out ``model`` to use the
+    default. Requests beyond ``concurrency_limit`` running and ``max_queue_size`` waiting are
+    rejected with Gradio's "busy, try again" message. Blocks have no flagging, and usage
+    analytics are off. Every ``cache_max_age_s`` seconds Gradio deletes the uploads and rendered
+    overlays in its cache that are older than that, and it deletes all of them when the server stops.
     """
     if isinstance(predictors, Predictor):
         predictors = {predictors.name: predictors}
@@ -107,6 +217,9 @@ def build_demo(
         raise ValueError("build_demo needs at least one Predictor.")
     predictors = dict(predictors)
     names = list(predictors)
+    default_model = names[0] if default_model is None else default_model
+    if default_model not in predictors:
+        raise ValueError(f"default_model {default_model!r} is not one of the models: {', '.join(names)}.")
     examples = example_images(examples_dir)
 
     # delete_cache = (how often to check, maximum age), both in seconds.
@@ -116,25 +229,40 @@ def build_demo(
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="MRI slice", sources=["upload", "clipboard"])
-                model = gr.Dropdown(choices=names, value=names[0], label="Model", visible=len(names) > 1)
-                submit = gr.Button("Classify", variant="primary")
+                image = gr.Image(type="filepath", label="MRI slice", sources=["upload", "clipboard"], elem_id="slice")
+                model = gr.Dropdown(
+                    choices=names, value=default_model, label="Model", visible=len(names) > 1, elem_id="model"
+                )
+                submit = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 max_labels = max(len(predictor.label_names) for predictor in predictors.values())
-                probabilities = gr.Label(label="Class probabilities", num_top_classes=max_labels)
-                model_line = gr.Markdown(_describe(predictors[names[0]], answered=False))
+                probabilities = gr.Label(label="Class probabilities", num_top_classes=max_labels, elem_id="probabilities")
+                notes = gr.Markdown("", elem_id="notes")
+                model_line = gr.Markdown(_describe(predictors[default_model], answered=False), elem_id="model-line")
         gallery = gr.Gallery(
-            label="Grad-CAM overlays for the top class", columns=4, format="png", object_fit="contain"
+            label="Grad-CAM overlays for the top class", columns=4, format="png", object_fit="contain", elem_id="gallery"
         )
         if examples:
             gr.Examples(examples=examples, inputs=image, label="Example slices")
 
+        outputs = [probabilities, gallery, model_line, notes]
+        # Both listeners share one concurrency group, so concurrency_limit counts them together.
         gr.on(
             triggers=[submit.click, image.upload],
             fn=_make_handler(predictors),
             inputs=[image, model],
-            outputs=[probabilities, gallery, model_line],
+            outputs=outputs,
             api_name="predict",
             preprocess=False,
+            concurrency_id="classify",
         )
+        model.input(
+            fn=_make_model_switch_handler(predictors),
+            inputs=[image, model],
+            outputs=outputs,
+            api_visibility="private",
+            preprocess=False,
+            concurrency_id="classify",
+        )
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)
     return demo

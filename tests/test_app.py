@@ -1,20 +1,31 @@
 """The Gradio app end to end: a real server on 127.0.0.1, called through gradio_client."""
 
+import ast
 import importlib
+import json
 import socket
+import threading
+import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import gradio as gr
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
+from huggingface_hub import SpaceCard
 
 import app
+from brain_tumor_classifier import BrainTumorClassifier
 from brain_tumor_classifier.explain import DEFAULT_METHODS
 from brain_tumor_classifier.predictor import Predictor
-from space.ui import DISCLAIMER, build_demo, example_images
+from space import ui
+from space.model_choice import discover_run_folders, rank_run_folders, read_comparison
+from space.ui import DISCLAIMER, build_demo, example_images, launch_options
+from train import space as space_builder
 
 
 def _free_port() -> int:
@@ -27,11 +38,16 @@ def _free_port() -> int:
 def serving(demo: gr.Blocks) -> Iterator[str]:
     """Launch ``demo`` on 127.0.0.1 in the background and close it on exit, also after a failure."""
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+def _client(url: str, downloads: Path) -> Client:
+    # httpx's default 5 s timeout for uploads and queue requests is too short on a busy 2-core machine.
+    return Client(url, verbose=False, download_files=str(downloads), httpx_kwargs={"timeout": 120})
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +59,47 @@ def predictor(tiny_model_dir) -> Predictor:
 def client(predictor, tmp_path_factory) -> Iterator[Client]:
     downloads = tmp_path_factory.mktemp("client-downloads")
     with serving(build_demo(predictor)) as url:
-        yield Client(url, verbose=False, download_files=str(downloads))
+        yield _client(url, downloads)
+
+
+class _StaticPredictor(Predictor):
+    """A Predictor whose predictions carry fixed extra fields, as a newer Prediction would."""
+
+    def __init__(self, base: Predictor, **extra) -> None:
+        super().__init__(base.classifier, name=base.name, methods=base.methods)
+        self.extra = extra
+
+    def predict(self, image, *, explain: bool = True):
+        prediction = super().predict(image, explain=explain)
+        return types.SimpleNamespace(**{**vars(prediction), **self.extra})
+
+
+def _write_run_folder(parent: Path, name: str, *, split: str | None, model: str | None = None) -> Path:
+    # Discovery only checks that the export files exist, so empty files stand in for them.
+    folder = parent / name
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    if split is not None:
+        config = {"model": model or name.removesuffix("-group"), "split": split}
+        (folder / "train_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _comparison(path: Path, accuracies: dict[tuple[str, str], float]) -> Path:
+    results = [
+        {"model": model, "split": split, "run_dir": f"space/models/{model}", "metrics": {"accuracy": accuracy}}
+        for (model, split), accuracy in accuracies.items()
+    ]
+    path.write_text(json.dumps({"command": "python -m train.compare", "results": results}))
+    return path
+
+
+# Serving predictions ----------------------------------------------------------------------------
 
 
 def test_server_returns_label_and_gallery(client, predictor, slice_png):
-    label, gallery, model_line = client.predict(handle_file(str(slice_png)), api_name="/predict")
+    label, gallery, model_line, notes = client.predict(handle_file(str(slice_png)), api_name="/predict")
 
     assert label["label"] in predictor.label_names
     assert {item["label"] for item in label["confidences"]} == set(predictor.label_names)
@@ -57,13 +109,14 @@ def test_server_returns_label_and_gallery(client, predictor, slice_png):
         assert Path(item["image"]).is_file()
         assert label["label"] in item["caption"]
     assert model_line.startswith(f"Answer from model **{predictor.name}**")
+    assert "Warning" not in notes
 
 
 def test_server_reports_bad_upload(client, tmp_path):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("plain text")
 
-    with pytest.raises(AppError, match="'notes.png' is not an image file that Pillow can read"):
+    with pytest.raises(AppError, match="'notes.png'"):
         client.predict(handle_file(str(not_an_image)), api_name="/predict")
 
 
@@ -77,13 +130,148 @@ def test_server_offers_several_models(tiny_model_dir, slice_png, tmp_path):
         "first": Predictor.from_pretrained(tiny_model_dir, name="first"),
         "second": Predictor.from_pretrained(tiny_model_dir, name="second"),
     }
-    with serving(build_demo(predictors)) as url:
-        client = Client(url, verbose=False, download_files=str(tmp_path))
-        _, _, model_line = client.predict(handle_file(str(slice_png)), "second", api_name="/predict")
+    with serving(build_demo(predictors, default_model="second")) as url:
+        client = _client(url, tmp_path)
+        _, _, default_line, _ = client.predict(handle_file(str(slice_png)), api_name="/predict")
+        _, _, chosen_line, _ = client.predict(handle_file(str(slice_png)), "first", api_name="/predict")
         with pytest.raises(AppError, match="Unknown model 'third'"):
             client.predict(handle_file(str(slice_png)), "third", api_name="/predict")
 
-    assert "**second**" in model_line
+    assert "**second**" in default_line
+    assert "**first**" in chosen_line
+
+
+def test_unknown_default_model_is_rejected(predictor):
+    with pytest.raises(ValueError, match="default_model 'absent' is not one of the models"):
+        build_demo(predictor, default_model="absent")
+
+
+# Warnings and notices -----------------------------------------------------------------------------
+
+
+def test_warning_replaces_tumor_type(predictor, slice_png, tmp_path):
+    warned = _StaticPredictor(
+        predictor, out_of_scope=True, warning="This does not look like an MRI slice.", notices=["Used frame 1 of 3."]
+    )
+    with serving(build_demo(warned)) as url:
+        client = _client(url, tmp_path)
+        label, gallery, model_line, notes = client.predict(handle_file(str(slice_png)), api_name="/predict")
+
+    assert label["label"] == ui.WITHHELD_LABEL
+    assert not label.get("confidences")
+    assert gallery == []
+    assert "This does not look like an MRI slice." in notes
+    assert "Used frame 1 of 3." in notes
+    assert model_line.startswith(f"Answer from model **{predictor.name}**")
+
+
+def test_out_of_scope_without_text_warns(predictor, slice_png):
+    handler = ui._make_handler({predictor.name: _StaticPredictor(predictor, out_of_scope=True, warning=None)})
+    # Outside a request, gr.Warning falls back to a Python warning.
+    with pytest.warns(UserWarning, match="does not look like the MRI slices"):
+        label, gallery, _, notes = handler({"path": str(slice_png)}, predictor.name)
+
+    assert label == ui.WITHHELD_LABEL
+    assert gallery == []
+    assert ui.OUT_OF_SCOPE_WARNING in notes
+
+
+def test_notices_shown_beside_probabilities(predictor, slice_png):
+    handler = ui._make_handler({predictor.name: _StaticPredictor(predictor, notices=["Converted RGB to grayscale."])})
+    label, gallery, _, notes = handler({"path": str(slice_png)}, predictor.name)
+
+    assert set(label) == set(predictor.label_names)
+    assert len(gallery) == len(DEFAULT_METHODS)
+    assert "Converted RGB to grayscale." in notes
+    assert "Warning" not in notes
+
+
+def test_model_switch_without_slice_clears_answer(predictor):
+    switch = ui._make_model_switch_handler({predictor.name: predictor})
+    label, gallery, model_line, notes = switch(None, predictor.name)
+
+    assert label is None
+    assert gallery == []
+    assert model_line.startswith(f"Selected model: **{predictor.name}**")
+    assert notes == ""
+
+
+# Queue and upload limits -----------------------------------------------------------------------------
+
+
+def test_demo_queue_is_bounded(predictor):
+    demo = build_demo(predictor)
+
+    assert demo._queue.max_size == ui.MAX_QUEUE_SIZE
+    assert demo._queue.default_concurrency_limit == ui.CONCURRENCY_LIMIT
+
+
+class _BlockingPredictor(Predictor):
+    """A Predictor whose predictions wait until the test releases them."""
+
+    def __init__(self, base: Predictor) -> None:
+        super().__init__(base.classifier, name=base.name, methods=())
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def predict(self, image, *, explain: bool = True):
+        self.started.set()
+        if not self.release.wait(timeout=60):
+            raise TimeoutError("the test never released the prediction")
+        return super().predict(image, explain=False)
+
+
+def test_full_queue_rejects_request(predictor, slice_png, tmp_path):
+    blocking = _BlockingPredictor(predictor)
+    demo = build_demo(blocking, concurrency_limit=1, max_queue_size=1)
+    with serving(demo) as url:
+        client = _client(url, tmp_path)
+        try:
+            running = client.submit(handle_file(str(slice_png)), api_name="/predict")
+            assert blocking.started.wait(timeout=60), "the first request never started"
+            waiting = client.submit(handle_file(str(slice_png)), api_name="/predict")
+            # The second request needs a moment to reach the queue before the third is sent.
+            for _ in range(100):
+                if len(demo._queue) == 1:
+                    break
+                threading.Event().wait(0.1)
+            assert len(demo._queue) == 1, "the second request never reached the queue"
+
+            with pytest.raises(QueueError, match="Queue is full"):
+                client.predict(handle_file(str(slice_png)), api_name="/predict")
+        finally:
+            blocking.release.set()
+        assert running.result(timeout=60)[2].startswith("Answer from model")
+        assert waiting.result(timeout=60)[2].startswith("Answer from model")
+
+
+def test_upload_limit_from_image_io():
+    try:
+        from brain_tumor_classifier import image_io
+    except ModuleNotFoundError:
+        image_io = None
+    expected = getattr(image_io, "MAX_FILE_SIZE_BYTES", getattr(image_io, "MAX_FILE_BYTES", 20 * 1024 * 1024))
+
+    assert ui.MAX_UPLOAD_BYTES == expected
+    assert launch_options() == {"max_file_size": expected}
+
+
+def test_main_launches_with_upload_limit(tiny_model_dir, monkeypatch):
+    launched = {}
+
+    def record_launch(self, **kwargs):
+        launched.update(kwargs)
+
+    monkeypatch.setattr(gr.Blocks, "launch", record_launch)
+    status = app.main(["--model", str(tiny_model_dir), "--port", "7999"])
+
+    assert status == 0
+    assert launched["max_file_size"] == ui.MAX_UPLOAD_BYTES
+    assert launched["server_name"] == "127.0.0.1"
+    assert launched["server_port"] == 7999
+
+
+# The page ----------------------------------------------------------------------------------------------
 
 
 def test_demo_shows_disclaimer_and_deletes_uploads(predictor):
@@ -110,28 +298,150 @@ def test_missing_examples_folder_is_reported(tmp_path):
         example_images(tmp_path / "absent")
 
 
+# Choosing the models -----------------------------------------------------------------------------------
+
+
+def test_discovery_offers_random_split_runs(tmp_path):
+    _write_run_folder(tmp_path, "braincancernet", split="random")
+    _write_run_folder(tmp_path, "braincancernet-group", split="group")
+    _write_run_folder(tmp_path, "resnet50", split="random")
+    _write_run_folder(tmp_path, "resnet50-group", split="group")
+    _write_run_folder(tmp_path, "hand-copied", split=None)
+    _write_run_folder(tmp_path, "hand-copied-group", split=None)
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.json").write_text("{}")
+
+    names = [folder.name for folder in discover_run_folders(tmp_path)]
+
+    assert names == ["braincancernet", "hand-copied", "resnet50"]
+    assert discover_run_folders(tmp_path / "absent") == []
+
+
+def test_ranking_without_report_prefers_braincancernet(tmp_path):
+    folders = [_write_run_folder(tmp_path, name, split="random") for name in ("alexnet", "braincancernet", "resnet50")]
+
+    ranked = rank_run_folders(folders, read_comparison(tmp_path / "no-report.json"))
+
+    assert [folder.name for folder in ranked] == ["braincancernet", "alexnet", "resnet50"]
+
+
+def test_ranking_uses_group_split_accuracy(tmp_path):
+    folders = [_write_run_folder(tmp_path, name, split="random") for name in ("braincancernet", "resnet50")]
+    # ResNet50 wins on the random split but loses on the group split, which decides.
+    report = _comparison(
+        tmp_path / "comparison.json",
+        {
+            ("braincancernet", "random"): 0.95,
+            ("resnet50", "random"): 0.97,
+            ("braincancernet", "group"): 0.90,
+            ("resnet50", "group"): 0.85,
+        },
+    )
+
+    ranked = rank_run_folders(folders, read_comparison(report))
+
+    assert [folder.name for folder in ranked] == ["braincancernet", "resnet50"]
+
+
+def test_ranking_falls_back_to_random_split(tmp_path):
+    folders = [_write_run_folder(tmp_path, name, split="random") for name in ("braincancernet", "resnet50", "vit")]
+    report = _comparison(tmp_path / "comparison.json", {("braincancernet", "random"): 0.95, ("resnet50", "random"): 0.97})
+
+    ranked = rank_run_folders(folders, read_comparison(report))
+
+    assert [folder.name for folder in ranked] == ["resnet50", "braincancernet", "vit"]
+
+
+def test_unreadable_report_is_ignored(tmp_path):
+    broken = tmp_path / "comparison.json"
+    broken.write_text("{not json")
+    without_results = tmp_path / "other.json"
+    without_results.write_text(json.dumps({"command": "x"}))
+
+    assert read_comparison(broken) == []
+    assert read_comparison(without_results) == []
+
+
+def test_model_sources_precedence(tmp_path, monkeypatch):
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    for name in ("braincancernet", "resnet50"):
+        _write_run_folder(models_dir, name, split="random")
+    report = _comparison(tmp_path / "comparison.json", {("resnet50", "group"): 0.9, ("braincancernet", "group"): 0.8})
+    config = tmp_path / "app_config.json"
+    places = {"config_path": config, "models_dir": models_dir, "comparison_path": report}
+    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
+
+    discovered = app.model_sources(app.parse_args([]), **places)
+    config.write_text(json.dumps({"models": ["org/from-config", "org/second"]}))
+    from_config = app.model_sources(app.parse_args([]), **places)
+    monkeypatch.setenv(app.MODEL_ENV_VAR, "org/from-environment")
+    from_environment = app.model_sources(app.parse_args([]), **places)
+    from_flag = app.model_sources(app.parse_args(["--model", "org/flag"]), **places)
+
+    assert discovered == [str(models_dir / "resnet50"), str(models_dir / "braincancernet")]
+    assert from_config == ["org/from-config", "org/second"]
+    assert from_environment == ["org/from-environment"]
+    assert from_flag == ["org/flag"]
+
+
+def test_empty_models_dir_falls_back_to_default(tmp_path, monkeypatch):
+    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
+    sources = app.model_sources(
+        app.parse_args([]),
+        config_path=tmp_path / "absent.json",
+        models_dir=tmp_path,
+        comparison_path=tmp_path / "absent-report.json",
+    )
+
+    assert sources == [str(app.DEFAULT_MODEL)]
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"models": []}', '{"models": "org/name"}', "[]"])
+def test_invalid_app_config_is_reported(tmp_path, content):
+    config = tmp_path / "app_config.json"
+    config.write_text(content)
+
+    with pytest.raises(ValueError, match="app_config.json"):
+        app.configured_models(config)
+
+
+def test_create_demo_selects_first_source(tiny_model_dir, tmp_path):
+    torch.manual_seed(1)
+    second = tmp_path / "second"
+    BrainTumorClassifier(architecture="braincancernet", input_size=64).save_pretrained(second)
+    demo = app.create_demo(app.parse_args(["--model", str(second), "--model", str(tiny_model_dir)]))
+    dropdown = next(block for block in demo.blocks.values() if isinstance(block, gr.Dropdown))
+
+    assert dropdown.value == "second"
+    assert [choice[0] for choice in dropdown.choices] == ["second", tiny_model_dir.name]
+
+
+def test_queue_options_reach_demo(tiny_model_dir):
+    args = app.parse_args(["--model", str(tiny_model_dir), "--concurrency-limit", "3", "--max-queue-size", "5"])
+    demo = app.create_demo(args)
+
+    assert demo._queue.default_concurrency_limit == 3
+    assert demo._queue.max_size == 5
+
+
+@pytest.mark.parametrize("option", ["--concurrency-limit", "--max-queue-size"])
+def test_queue_options_must_be_positive(option, capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args([option, "0"])
+
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_parse_args_defaults(monkeypatch):
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
-    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
     args = app.parse_args([])
 
     assert args.host == "127.0.0.1"
-    assert args.model == [str(app.DEFAULT_MODEL)]
+    assert args.model is None
     assert args.share is False
-
-
-def test_model_from_environment(monkeypatch):
-    monkeypatch.setenv(app.MODEL_ENV_VAR, "example-org/brain-model")
-
-    assert app.parse_args([]).model == ["example-org/brain-model"]
-    assert app.parse_args(["--model", "other"]).model == ["other"]
-
-
-def test_create_demo_from_arguments(tiny_model_dir):
-    args = app.parse_args(["--model", str(tiny_model_dir), "--model", str(tiny_model_dir)])
-    demo = app.create_demo(args)
-
-    assert isinstance(demo, gr.Blocks)
+    assert args.concurrency_limit == ui.CONCURRENCY_LIMIT
+    assert args.max_queue_size == ui.MAX_QUEUE_SIZE
 
 
 def test_missing_model_folder_exits_cleanly(tmp_path, capsys):
@@ -153,3 +463,69 @@ def test_import_loads_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(gr.Blocks, "launch", forbidden)
 
     importlib.reload(app)
+
+
+# The Space folder ---------------------------------------------------------------------------------------
+
+
+def test_space_folder_has_app_files(tmp_path):
+    output = tmp_path / "space-repo"
+    (output / ".git").mkdir(parents=True)
+    (output / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    model_ids = ["example-org/brain-tumor-braincancernet", "example-org/brain-tumor-resnet50"]
+
+    space_builder.assemble_space(model_ids, output)
+
+    for name in ("app.py", "README.md", "requirements.txt", "space/__init__.py", "space/ui.py",
+                 "space/model_choice.py", "brain_tumor_classifier/__init__.py", "brain_tumor_classifier/predictor.py"):
+        assert (output / name).is_file(), f"{name} is missing from the Space folder"
+    assert not (output / "space" / "models").exists()
+    assert (output / ".git" / "HEAD").is_file(), "assembling must leave other files in the folder alone"
+    ast.parse((output / "app.py").read_text(encoding="utf-8"), filename="app.py")
+    assert json.loads((output / "space" / "app_config.json").read_text()) == {"models": model_ids}
+
+
+def test_space_card_metadata(tmp_path):
+    space_builder.assemble_space(["example-org/brain-tumor-braincancernet"], tmp_path)
+    card = SpaceCard.load(tmp_path / "README.md")
+
+    assert card.data.models == ["example-org/brain-tumor-braincancernet"]
+    assert card.data.sdk == "gradio"
+    assert card.data.sdk_version == gr.__version__
+    assert card.data.app_file == "app.py"
+    assert card.data.license == "mit"
+    assert len(card.data.short_description) <= 60
+    assert card.data.pinned is False
+    assert "Research use only, not for diagnosis" in card.text
+
+
+def test_space_requirements_cover_imports(tmp_path):
+    space_builder.assemble_space(["example-org/brain-tumor-braincancernet"], tmp_path)
+    requirements = (tmp_path / "requirements.txt").read_text()
+    names = {line.split("==")[0].lower() for line in requirements.splitlines() if line and line[0].isalpha()}
+
+    for package in ("torch", "torchvision", "timm", "gradio", "huggingface_hub", "safetensors", "grad-cam",
+                    "pillow", "numpy", "opencv-python-headless"):
+        assert package in names, f"{package} is missing from the Space's requirements.txt"
+
+
+def test_space_model_config_drives_app(tmp_path, monkeypatch):
+    space_builder.assemble_space(["example-org/brain-tumor-braincancernet"], tmp_path)
+    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
+
+    sources = app.model_sources(
+        app.parse_args([]), config_path=tmp_path / "space" / "app_config.json", models_dir=tmp_path / "absent"
+    )
+
+    assert sources == ["example-org/brain-tumor-braincancernet"]
+
+
+@pytest.mark.parametrize("model_id", ["no-namespace", "bad id/with space"])
+def test_space_rejects_bad_model_id(tmp_path, model_id):
+    with pytest.raises(space_builder.SpaceAssemblyError, match="Invalid --model-id"):
+        space_builder.assemble_space([model_id], tmp_path)
+
+
+def test_space_refuses_repository_as_output():
+    with pytest.raises(space_builder.SpaceAssemblyError, match="is this repository"):
+        space_builder.assemble_space(["example-org/model"], space_builder.REPO_ROOT)
