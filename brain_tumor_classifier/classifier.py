@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# Training-feature statistics for the out-of-scope score, written by train.calibrate. A model
+# whose config sets ood_threshold needs this file beside its weights.
+OOD_STATISTICS_NAME = "ood_statistics.safetensors"
 SUPPORTED_ARCHITECTURES = ("braincancernet", "resnet50")
 
 
@@ -45,6 +49,11 @@ class BrainTumorClassifier(
     The constructor arguments are the config. ``label_names`` and ``architecture`` use timm's
     key names, and ``save_pretrained`` also writes timm's ``pretrained_cfg``, so a ResNet50
     export loads with ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` as well.
+
+    ``temperature`` divides the logits before the softmax (temperature scaling), and
+    ``ood_threshold`` is the out-of-scope score above which an input is flagged as unlike the
+    training slices. ``python -m train.calibrate`` fits both on a run's validation split and
+    writes the feature statistics that the score needs to ``ood_statistics.safetensors``.
     """
 
     def __init__(
@@ -57,6 +66,7 @@ class BrainTumorClassifier(
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
         temperature: float = 1.0,
+        ood_threshold: float | None = None,
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
@@ -66,8 +76,12 @@ class BrainTumorClassifier(
             raise ValueError(
                 f"mean and std need one value per input channel ({in_chans}), got mean={list(mean)}, std={list(std)}."
             )
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
+        if not temperature > 0 or not math.isfinite(temperature):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature}.")
+        if ood_threshold is not None and not math.isfinite(ood_threshold):
+            raise ValueError(
+                f"ood_threshold must be a finite number or None (never flag inputs), got {ood_threshold}."
+            )
         self.architecture = architecture
         self.label_names = list(label_names)
         self.input_size = int(input_size)
@@ -75,6 +89,10 @@ class BrainTumorClassifier(
         self.mean = [float(value) for value in mean]
         self.std = [float(value) for value in std]
         self.temperature = float(temperature)
+        self.ood_threshold = None if ood_threshold is None else float(ood_threshold)
+        # Plain attributes rather than buffers, so they never enter the weights file or a checkpoint.
+        self.ood_class_means: torch.Tensor | None = None
+        self.ood_precision: torch.Tensor | None = None
         try:
             self.model = timm.create_model(
                 architecture,
@@ -100,10 +118,70 @@ class BrainTumorClassifier(
         return preprocess(images, input_size=self.input_size, mean=self.mean, std=self.std)
 
     @torch.inference_mode()
+    def predict_logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Return raw float32 logits ``N x num_labels`` for PIL images, before temperature scaling."""
+        return self(self.preprocess(images).to(next(self.parameters()).device)).float()
+
+    @torch.inference_mode()
     def predict_proba(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Return class probabilities ``N x num_labels`` (temperature-scaled) for PIL images."""
-        logits = self(self.preprocess(images).to(next(self.parameters()).device))
+        return self.calibrated_probabilities(self.predict_logits(images))
+
+    def calibrated_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Apply temperature scaling and the softmax to raw logits ``N x num_labels``."""
         return torch.softmax(logits.float() / self.temperature, dim=1)
+
+    @torch.inference_mode()
+    def predict_features_and_logits(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return pooled features ``N x num_features`` and raw logits ``N x num_labels`` for PIL images."""
+        return self.features_and_logits(self.preprocess(images).to(next(self.parameters()).device))
+
+    def features_and_logits(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return float32 pooled pre-logit features and raw logits of a normalized batch, from one pass."""
+        feature_map = self.model.forward_features(pixel_values)
+        features = self.model.forward_head(feature_map, pre_logits=True)
+        return features.float(), self.model.forward_head(feature_map).float()
+
+    def set_ood_statistics(self, class_means: torch.Tensor, precision: torch.Tensor) -> None:
+        """Set the training-feature statistics that ``out_of_scope_score`` measures distances with.
+
+        ``class_means`` is ``num_labels x num_features``, and ``precision`` is the inverse of the
+        within-class covariance shared by all classes, ``num_features x num_features``.
+        """
+        num_features = self.model.num_features
+        if tuple(class_means.shape) != (len(self.label_names), num_features):
+            raise ValueError(
+                f"class_means must have shape ({len(self.label_names)}, {num_features}), got {tuple(class_means.shape)}."
+            )
+        if tuple(precision.shape) != (num_features, num_features):
+            raise ValueError(f"precision must have shape ({num_features}, {num_features}), got {tuple(precision.shape)}.")
+        self.ood_class_means = class_means.detach().float().cpu().contiguous()
+        self.ood_precision = precision.detach().float().cpu().contiguous()
+
+    def out_of_scope_score(self, features: torch.Tensor) -> torch.Tensor:
+        """Return the squared Mahalanobis distance from each row of pooled features to the nearest class mean.
+
+        Higher means less like the training slices. Raises ``RuntimeError`` when no statistics are set.
+        """
+        if self.ood_class_means is None or self.ood_precision is None:
+            raise RuntimeError(
+                "This classifier has no out-of-scope statistics. Run python -m train.calibrate on its run "
+                f"folder, which writes {OOD_STATISTICS_NAME}."
+            )
+        means = self.ood_class_means.to(features.device)
+        precision = self.ood_precision.to(features.device)
+        differences = features.float()[:, None, :] - means[None, :, :]
+        distances = torch.einsum("ncd,de,nce->nc", differences, precision, differences)
+        return distances.min(dim=1).values
+
+    def is_out_of_scope(self, features: torch.Tensor) -> torch.Tensor:
+        """Return a bool per row of pooled features: whether its out-of-scope score is above ``ood_threshold``.
+
+        With ``ood_threshold=None`` (a model that was never calibrated) nothing is flagged.
+        """
+        if self.ood_threshold is None:
+            return torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
+        return self.out_of_scope_score(features) > self.ood_threshold
 
     # Serialization ---------------------------------------------------------------------------
 
@@ -131,9 +209,35 @@ class BrainTumorClassifier(
     def _save_pretrained(self, save_directory: Path) -> None:
         # The weights are the timm model's own state dict (no wrapper prefix), so timm can load them.
         safetensors.torch.save_model(self.model, str(save_directory / WEIGHTS_NAME))
+        if self.ood_threshold is not None:
+            self.save_ood_statistics(save_directory)
         config = dict(self._hub_mixin_config or {})
         config.update(self.timm_config())
+        # The calibration may have been set after construction (train.calibrate does), so the
+        # current values are written rather than the constructor's.
+        config["temperature"] = self.temperature
+        config["ood_threshold"] = self.ood_threshold
         (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    def save_ood_statistics(self, directory: str | Path) -> Path:
+        """Write the out-of-scope statistics to ``OOD_STATISTICS_NAME`` in ``directory`` and return its path."""
+        if self.ood_class_means is None or self.ood_precision is None:
+            raise ValueError(
+                "ood_threshold is set but the out-of-scope statistics are not, so the export would be "
+                "incomplete. Call set_ood_statistics first, or set ood_threshold to None."
+            )
+        path = Path(directory) / OOD_STATISTICS_NAME
+        tensors = {"class_means": self.ood_class_means, "precision": self.ood_precision}
+        safetensors.torch.save_file(tensors, str(path))
+        return path
+
+    def load_ood_statistics(self, path: str | Path) -> None:
+        """Read out-of-scope statistics written by ``save_ood_statistics``."""
+        tensors = safetensors.torch.load_file(str(path))
+        missing = {"class_means", "precision"} - set(tensors)
+        if missing:
+            raise WeightsMismatchError(f"{path} lacks the tensors {sorted(missing)}. Rerun python -m train.calibrate.")
+        self.set_ood_statistics(tensors["class_means"], tensors["precision"])
 
     @classmethod
     def _from_pretrained(
@@ -181,6 +285,10 @@ class BrainTumorClassifier(
                 raise FileNotFoundError(f"{model_id} has no {WEIGHTS_NAME}.") from error
 
         instance = cls(**model_kwargs)
+        if instance.ood_threshold is not None:
+            instance.load_ood_statistics(
+                _ood_statistics_file(model_id, revision, cache_dir, force_download, token, local_files_only)
+            )
         state_dict = safetensors.torch.load_file(str(weights_file), device=str(map_location))
         instance.load_model_weights(state_dict, source=str(weights_file))
         instance.to(map_location)
@@ -211,3 +319,36 @@ class BrainTumorClassifier(
                 "Check that config.json (architecture, label_names, in_chans) belongs to these weights."
             )
         self.model.load_state_dict(state_dict, strict=True)
+
+
+def _ood_statistics_file(
+    model_id: str,
+    revision: str | None,
+    cache_dir: str | Path | None,
+    force_download: bool,
+    token: str | bool | None,
+    local_files_only: bool,
+) -> str:
+    # A config with ood_threshold promises the statistics file. Without it the model would give
+    # confident tumor types for any input, so loading fails instead of silently skipping the check.
+    fix = (
+        f"Copy {OOD_STATISTICS_NAME} from the run folder, rerun python -m train.calibrate, or set "
+        "ood_threshold to null in config.json to load the model without the out-of-scope check."
+    )
+    if os.path.isdir(model_id):
+        path = Path(model_id) / OOD_STATISTICS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing although config.json sets ood_threshold. {fix}")
+        return str(path)
+    try:
+        return hf_hub_download(
+            repo_id=model_id,
+            filename=OOD_STATISTICS_NAME,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            local_files_only=local_files_only,
+        )
+    except EntryNotFoundError as error:
+        raise FileNotFoundError(f"{model_id} has no {OOD_STATISTICS_NAME} although its config sets ood_threshold. {fix}") from error

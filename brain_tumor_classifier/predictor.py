@@ -13,12 +13,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .classifier import BrainTumorClassifier
-from .explain import CAM_METHODS, DEFAULT_METHODS, CamResult, explain_image
+from .explain import (
+    CAM_METHODS,
+    DEFAULT_METHODS,
+    FAITHFULNESS_NAME,
+    CamResult,
+    explain_image,
+    order_by_faithfulness,
+    read_faithfulness,
+)
+from .image_io import InvalidImageError, load_upload
 
 __all__ = ["InvalidImageError", "ModelSourceError", "Prediction", "Predictor", "load_image", "is_hub_repo_id"]
 
@@ -30,22 +39,28 @@ ImageInput = Union[Image.Image, str, os.PathLike]
 _HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class InvalidImageError(ValueError):
-    """The input is missing, unreadable or not an image the model can use."""
-
-
 class ModelSourceError(FileNotFoundError):
     """The model folder or Hub repository cannot provide a complete export."""
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Class probabilities for one slice and the Grad-CAM gallery for its top class."""
+    """Class probabilities for one slice and the Grad-CAM gallery for its top class or a requested one."""
 
     probabilities: dict[str, float]
     top_label: str
     model_name: str
     gallery: list[CamResult] = field(default_factory=list)
+    # True when the classifier's out-of-scope score is above its calibrated threshold. ``warning``
+    # then explains why the probabilities should not be read as a tumor type.
+    out_of_scope: bool = False
+    warning: str | None = None
+
+
+OUT_OF_SCOPE_WARNING = (
+    "This image does not look like the brain MRI slices the model was trained on, so its class "
+    "probabilities are not meaningful. Upload a single 2D brain MRI slice."
+)
 
 
 def is_hub_repo_id(source: str) -> bool:
@@ -54,58 +69,28 @@ def is_hub_repo_id(source: str) -> bool:
 
 
 def load_image(image: ImageInput | None) -> Image.Image:
-    """Return a fully decoded PIL image, raising ``InvalidImageError`` that names the problem and the fix."""
+    """Decode a PIL image or an image file into an 8-bit ``L`` or ``RGB`` image.
+
+    ``image_io.load_upload`` does the decoding, including DICOM. Raises ``InvalidImageError``
+    that names the problem and the fix.
+    """
     if image is None:
-        raise InvalidImageError("No image was given. Upload an MRI slice as a PNG, JPEG or TIFF file.")
-    if isinstance(image, Image.Image):
-        return _checked_size(image)
-    if not isinstance(image, (str, os.PathLike)):
+        raise InvalidImageError("No image was given. Upload an MRI slice as a PNG, JPEG, TIFF or DICOM file.")
+    if not isinstance(image, (Image.Image, str, os.PathLike)):
         raise InvalidImageError(
             f"Expected a PIL image or an image file path, got {type(image).__name__}. "
             "Pass the slice as a PIL image or a path."
         )
-    return _checked_size(_read_image_file(Path(image)))
-
-
-def _read_image_file(path: Path) -> Image.Image:
-    # Messages name the file but show none of its content. They go back to the user who sent
-    # the file, and the predictor never logs them.
-    name = path.name
-    if not path.is_file():
-        raise InvalidImageError(f"Image file {name!r} was not found. Check the path and upload the file again.")
-    if path.stat().st_size == 0:
-        raise InvalidImageError(f"Image file {name!r} is empty (0 bytes). Upload the slice again.")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except UnidentifiedImageError as error:
-        raise InvalidImageError(
-            f"{name!r} is not an image file that Pillow can read. Upload the slice as a PNG, JPEG or TIFF file."
-        ) from error
-    except Image.DecompressionBombError as error:
-        raise InvalidImageError(
-            f"{name!r} has too many pixels to decode safely. Downscale the slice to a few thousand pixels per side."
-        ) from error
-    except (OSError, SyntaxError, ValueError) as error:
-        # Pillow raises these for truncated or corrupt files after the header was recognized.
-        raise InvalidImageError(
-            f"{name!r} is damaged or truncated and cannot be decoded ({type(error).__name__}). "
-            "Export the slice again as a PNG file."
-        ) from error
-
-
-def _checked_size(image: Image.Image) -> Image.Image:
-    if image.width < 1 or image.height < 1:
-        raise InvalidImageError(f"The image has no pixels ({image.width} x {image.height}). Upload a real slice.")
-    return image
+    return load_upload(image).image
 
 
 class Predictor:
     """A classifier loaded once, which returns probabilities and a Grad-CAM gallery per slice.
 
     The constructor puts the classifier in eval mode. Calls are serialized with a lock,
-    because the Grad-CAM hooks are registered on the shared model.
+    because the Grad-CAM hooks are registered on the shared model. With ``faithfulness`` (the
+    contents of ``faithfulness.json``), the gallery lists the methods by measured energy pointing,
+    highest first, and each caption ends with that score.
     """
 
     def __init__(
@@ -114,13 +99,15 @@ class Predictor:
         *,
         name: str,
         methods: Sequence[str] = DEFAULT_METHODS,
+        faithfulness: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         unknown = [method for method in methods if method not in CAM_METHODS]
         if unknown:
             raise ValueError(f"Unknown CAM methods {unknown}: choose from {list(CAM_METHODS)}.")
         self.classifier = classifier.eval()
         self.name = name
-        self.methods = tuple(methods)
+        ordered, self._caption_notes = order_by_faithfulness(methods, faithfulness or {})
+        self.methods = tuple(ordered)
         self._lock = threading.Lock()
 
     @classmethod
@@ -129,7 +116,8 @@ class Predictor:
     ) -> "Predictor":
         """Load a model from a folder written by ``save_pretrained`` or from a Hub repository id.
 
-        ``name`` defaults to the folder name or the repository id. Raises ``ModelSourceError``
+        ``name`` defaults to the folder name or the repository id. A folder's ``faithfulness.json``
+        sets the gallery order, and Hub models keep the default order. Raises ``ModelSourceError``
         when the folder is missing or incomplete.
         """
         text = os.fspath(source)
@@ -166,7 +154,14 @@ class Predictor:
             len(classifier.label_names),
             time.perf_counter() - started,
         )
-        return cls(classifier, name=name or default_name, methods=methods)
+        faithfulness = None
+        if path.is_dir():
+            try:
+                faithfulness = read_faithfulness(path)
+            except ValueError as error:
+                # The file only orders the gallery, so a damaged one must not stop the model loading.
+                logger.warning("Ignoring %s, the gallery keeps its default order: %s", path / FAITHFULNESS_NAME, error)
+        return cls(classifier, name=name or default_name, methods=methods, faithfulness=faithfulness)
 
     @property
     def label_names(self) -> list[str]:
@@ -178,30 +173,51 @@ class Predictor:
         """timm architecture name of the loaded model."""
         return self.classifier.architecture
 
-    def predict(self, image: ImageInput | None, *, explain: bool = True) -> Prediction:
-        """Classify one slice and, when ``explain`` is true, explain its top class with every method.
+    def _class_index(self, target_class: int | str) -> int:
+        labels = self.label_names
+        if isinstance(target_class, str) and target_class in labels:
+            return labels.index(target_class)
+        if isinstance(target_class, int) and not isinstance(target_class, bool) and 0 <= target_class < len(labels):
+            return target_class
+        raise ValueError(f"Unknown target_class {target_class!r}: pass one of {labels} or an index below {len(labels)}.")
 
-        Raises ``InvalidImageError`` for a missing, empty or unreadable image.
+    def predict(
+        self, image: ImageInput | None, *, explain: bool = True, target_class: int | str | None = None
+    ) -> Prediction:
+        """Classify one slice and, when ``explain`` is true, explain one class with every method.
+
+        The gallery explains ``target_class`` (an index or a label) when given, else the top
+        class, so a user can ask why the model did not pick another class. Raises
+        ``InvalidImageError`` for a missing, empty or unreadable image, and ``ValueError`` for
+        an unknown ``target_class``.
         """
+        explained_class = None if target_class is None else self._class_index(target_class)
         pil_image = load_image(image)
         started = time.perf_counter()
         with self._lock:
-            probabilities = self.classifier.predict_proba([pil_image])[0].tolist()
+            features, logits = self.classifier.predict_features_and_logits([pil_image])
+            probabilities = self.classifier.calibrated_probabilities(logits)[0].tolist()
+            out_of_scope = bool(self.classifier.is_out_of_scope(features)[0])
             top_index = max(range(len(probabilities)), key=probabilities.__getitem__)
             gallery = []
             if explain:
                 gallery = explain_image(
-                    self.classifier, pil_image, target_class=top_index, methods=self.methods
+                    self.classifier,
+                    pil_image,
+                    target_class=top_index if explained_class is None else explained_class,
+                    methods=self.methods,
+                    caption_notes=self._caption_notes,
                 )
         top_label = self.label_names[top_index]
         # Only sizes and the result are logged, never pixel data or file names.
         logger.info(
-            "%s: %d x %d slice -> %s (%.3f) in %.2f s",
+            "%s: %d x %d slice -> %s (%.3f)%s in %.2f s",
             self.name,
             pil_image.width,
             pil_image.height,
             top_label,
             probabilities[top_index],
+            ", out of scope" if out_of_scope else "",
             time.perf_counter() - started,
         )
         return Prediction(
@@ -209,4 +225,6 @@ class Predictor:
             top_label=top_label,
             model_name=self.name,
             gallery=gallery,
+            out_of_scope=out_of_scope,
+            warning=OUT_OF_SCOPE_WARNING if out_of_scope else None,
         )
