@@ -359,7 +359,7 @@ def test_push_cli_honors_hf_endpoint(run_dir: Path) -> None:
         environment.update(HF_ENDPOINT=stub.url, HF_TOKEN=TOKEN, PYTHONPATH=str(REPO_ROOT))
         completed = subprocess.run(
             [sys.executable, "-m", "train.push", "--run-dir", str(run_dir), "--repo-id", REPO_ID],
-            cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=120,
+            cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600,
         )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == f"{stub.url}/{REPO_ID}/commit/{COMMIT_OID}"

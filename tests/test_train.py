@@ -70,11 +70,12 @@ def test_manifest_splits_are_disjoint_and_complete(trained_run):
 
 def test_evaluate_command_reproduces_test_metrics(trained_run, tiny_imagefolder, capsys):
     recorded = json.loads((trained_run / "metrics.json").read_text())
-    exit_code = evaluate_main(["--run-dir", str(trained_run), "--no-write"])
+    exit_code = evaluate_main(["--run-dir", str(trained_run)])
     printed = json.loads(capsys.readouterr().out)
 
     assert exit_code == 0
     assert printed["accuracy"] == recorded["accuracy"]
+    assert printed["matches_recorded_accuracy"] is True
     assert printed["num_images"] == recorded["num_images"]
 
 

@@ -79,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description="Train a brain tumor MRI classifier, evaluate it on its test split and export it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="JSON file of options. Command-line flags override it.")
     defaults = TrainConfig()
@@ -88,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + item.name.replace("_", "-")
         default = getattr(defaults, item.name)
+        # The parser's own default stays None so that only flags actually given override --config.
+        shown = "required" if item.name in ("dataset", "output_dir") else f"default: {default}"
+        help_text = f"{HELP[item.name]} ({shown})"
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[item.name])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(
-                flag, type=type(default), default=None, choices=CHOICES.get(item.name), help=HELP[item.name]
-            )
+            parser.add_argument(flag, type=type(default), default=None, choices=CHOICES.get(item.name), help=help_text)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "split_manifest.json"
 SPLIT_NAMES = ("train", "validation", "test")
+HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 @dataclass
@@ -39,13 +41,19 @@ def load_labeled_images(source: str, *, split: str = "train", cache_dir: str | N
     """Load a local ``imagefolder`` directory or a Hub dataset id and find its image and label columns."""
     if Path(source).is_dir():
         dataset = datasets.load_dataset("imagefolder", data_dir=source, split=split, cache_dir=cache_dir)
+    elif not HUB_DATASET_ID.fullmatch(source) or source.startswith("."):
+        # Only a name of the form ORG/NAME is looked up on the Hub, so a mistyped folder fails here.
+        raise FileNotFoundError(
+            f"Dataset folder {source!r} was not found. Pass an existing imagefolder path "
+            "(one subfolder per class) or a Hub dataset id of the form ORG/NAME."
+        )
     else:
         try:
             dataset = datasets.load_dataset(source, split=split, cache_dir=cache_dir)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ConnectionError) as error:
             raise FileNotFoundError(
-                f"Dataset {source!r} is neither a local folder nor a reachable Hub dataset id. "
-                "Pass an imagefolder path (one subfolder per class) or an id such as ORG/NAME."
+                f"Dataset {source!r} is not a local folder, and loading it from the Hub failed "
+                f"({type(error).__name__}). Check the id and the network, or pass an imagefolder path."
             ) from error
 
     image_column = _find_column(dataset, datasets.Image, "image")

@@ -173,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", default=None, help="Dataset folder or Hub id (default: the source recorded in the manifest)."
     )
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="Split to score.")
-    parser.add_argument("--no-write", action="store_true", help="Print the metrics without updating the run folder.")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="Replace the run folder's metrics.json and confusion matrix with this evaluation "
+        "(by default they are only compared with it).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -181,9 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if not args.no_write and args.split == "test":
+    summary = {key: metrics[key] for key in ("split", "num_images", "accuracy", "macro_f1")}
+    recorded_path = args.run_dir / METRICS_NAME
+    if args.split == "test" and recorded_path.is_file():
+        recorded = json.loads(recorded_path.read_text())
+        summary["matches_recorded_accuracy"] = recorded.get("accuracy") == metrics["accuracy"]
+    if args.write and args.split == "test":
         write_evaluation(args.run_dir, metrics)
-    print(json.dumps({key: metrics[key] for key in ("split", "num_images", "accuracy", "macro_f1")}, indent=2))
+    print(json.dumps(summary, indent=2))
     return 0
 
 
