@@ -382,6 +382,8 @@ def _read_dicom_without_preamble(data: bytes) -> Dataset | None:
 def _read_dicom(data: bytes) -> Dataset | None:
     """Parse the image elements of a DICOM stream, returning None if it does not parse."""
     try:
+        # NOTE: catch_warnings swaps the process-wide filters and is not thread-safe before
+        # Python 3.14, so a concurrent request may briefly see warnings silenced or not.
         with warnings.catch_warnings():
             # pydicom's validation warnings can quote element values.
             warnings.simplefilter("ignore")
