@@ -212,7 +212,9 @@ def write_report(output_dir: Path, results: list[RunResult], differences: dict, 
         )
     for split, audit in audits.items():
         if audit["pairs"]:
-            lines += ["", f"Most similar pairs, {split} split:", "", f"![Leakage pairs]({f'leakage_{split}.png'})"]
+            # The thumbnails are dataset images, so the file is written but kept out of version control.
+            lines += ["", f"Most similar pairs, {split} split (thumbnails of dataset slices, written locally "
+                      f"and not committed): `leakage_{split}.png`."]
     lines += ["", "## Run folders", ""]
     lines += [f"- {result.model}, {result.split}: `{result.run_dir}` (`{result.train_config['command']}`)"
               for result in results]
