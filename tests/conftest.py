@@ -66,3 +66,22 @@ def real_slice_path() -> Path:
     if not paths:
         pytest.skip(f"no glioma/*.jpg slices under {DATA_DIR}")
     return paths[0]
+
+
+# Generated training data: each class has a bright 10 px square in its own place on dim noise.
+BLOB_SLICE_WIDTH, BLOB_SLICE_HEIGHT = 48, 40
+BLOB_CENTERS = {"glioma": (12, 12), "meningioma": (36, 12), "pituitary": (24, 30)}
+
+
+def write_blob_imagefolder(root: Path, *, seed: int, per_class: int = 10) -> list[str]:
+    """Write an imagefolder of 48 x 40 grayscale PNG slices under ``root`` and return their relative paths."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for name, (x, y) in BLOB_CENTERS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 40, size=(BLOB_SLICE_HEIGHT, BLOB_SLICE_WIDTH)).astype(np.uint8)
+            pixels[y - 5 : y + 5, x - 5 : x + 5] = 220
+            Image.fromarray(pixels, mode="L").save(root / name / f"{name}_{index}.png")
+            files.append(f"{name}/{name}_{index}.png")
+    return files

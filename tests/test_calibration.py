@@ -31,6 +31,8 @@ from train.calibrate import (
     softmax,
 )
 
+from conftest import write_blob_imagefolder
+
 CLASSES = ("glioma", "meningioma", "pituitary")
 NUM_FEATURES = 256  # BrainCancerNet's pooled feature width
 
@@ -46,15 +48,7 @@ def _with_statistics(classifier: BrainTumorClassifier, *, threshold: float) -> B
 def calibrated_run(tmp_path_factory):
     """Train one epoch at 32 px on 30 generated slices and calibrate the run. Returns the run folder and its weights hash."""
     root = tmp_path_factory.mktemp("imagefolder")
-    rng = np.random.default_rng(1)
-    centers = {"glioma": (12, 12), "meningioma": (36, 12), "pituitary": (24, 30)}
-    for name in CLASSES:
-        (root / name).mkdir()
-        for index in range(10):
-            pixels = rng.integers(0, 40, size=(40, 48)).astype(np.uint8)
-            x, y = centers[name]
-            pixels[y - 5 : y + 5, x - 5 : x + 5] = 220
-            Image.fromarray(pixels, mode="L").save(root / name / f"{name}_{index}.png")
+    write_blob_imagefolder(root, seed=1)
     run_dir = tmp_path_factory.mktemp("run")
     exit_code = train_main(
         ["--dataset", str(root), "--output-dir", str(run_dir), "--epochs", "1",

@@ -22,30 +22,25 @@ from train.faithfulness import (
     spread_rows,
 )
 
+from conftest import BLOB_CENTERS, BLOB_SLICE_HEIGHT, BLOB_SLICE_WIDTH, write_blob_imagefolder
+
 # pytorch-grad-cam 1.5.7's NoisyLinearImputer calls np.argwhere on a torch tensor, which numpy 2
 # reports as deprecated once per imputed image.
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
 
 CLASSES = ("glioma", "meningioma", "pituitary")
-SLICE_WIDTH, SLICE_HEIGHT = 48, 40
-BLOB_CENTERS = {"glioma": (12, 12), "meningioma": (36, 12), "pituitary": (24, 30)}
+SLICE_WIDTH, SLICE_HEIGHT = BLOB_SLICE_WIDTH, BLOB_SLICE_HEIGHT
 
 
 @pytest.fixture(scope="module")
 def boxed_imagefolder(tmp_path_factory):
     """Write 10 non-square slices per class, each with a bright 10 x 10 blob, and a box CSV around the blobs."""
     root = tmp_path_factory.mktemp("boxed-imagefolder")
-    rng = np.random.default_rng(0)
     lines = ["file_name,x_center,y_center,width,height"]
-    for name in CLASSES:
-        (root / name).mkdir()
-        x, y = BLOB_CENTERS[name]
-        for index in range(10):
-            pixels = rng.integers(0, 40, size=(SLICE_HEIGHT, SLICE_WIDTH)).astype(np.uint8)
-            pixels[y - 5 : y + 5, x - 5 : x + 5] = 220
-            Image.fromarray(pixels, mode="L").save(root / name / f"{name}_{index}.png")
-            box = (x / SLICE_WIDTH, y / SLICE_HEIGHT, 10 / SLICE_WIDTH, 10 / SLICE_HEIGHT)
-            lines.append(f"{name}/{name}_{index}.png," + ",".join(str(value) for value in box))
+    for file_name in write_blob_imagefolder(root, seed=0):
+        x, y = BLOB_CENTERS[file_name.split("/")[0]]
+        box = (x / SLICE_WIDTH, y / SLICE_HEIGHT, 10 / SLICE_WIDTH, 10 / SLICE_HEIGHT)
+        lines.append(f"{file_name}," + ",".join(str(value) for value in box))
     (root / "tumor_boxes.csv").write_text("\n".join(lines) + "\n")
     return root
 

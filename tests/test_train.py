@@ -11,22 +11,16 @@ from train.__main__ import main as train_main
 from train.data import load_labeled_images, read_manifest_split, stratified_split
 from train.evaluate import main as evaluate_main
 
+from conftest import write_blob_imagefolder
+
 CLASSES = ("glioma", "meningioma", "pituitary")
 
 
 @pytest.fixture(scope="module")
 def tiny_imagefolder(tmp_path_factory):
-    """Write 10 grayscale 48x40 slices per class, each class with a bright blob in its own place."""
+    """Write 10 generated slices per class, each class with a bright square in its own place."""
     root = tmp_path_factory.mktemp("imagefolder")
-    rng = np.random.default_rng(0)
-    centers = {"glioma": (12, 12), "meningioma": (36, 12), "pituitary": (24, 30)}
-    for name in CLASSES:
-        (root / name).mkdir()
-        for index in range(10):
-            pixels = rng.integers(0, 40, size=(40, 48)).astype(np.uint8)
-            x, y = centers[name]
-            pixels[y - 5 : y + 5, x - 5 : x + 5] = 220
-            Image.fromarray(pixels, mode="L").save(root / name / f"{name}_{index}.png")
+    write_blob_imagefolder(root, seed=0)
     return root
 
 
