@@ -5,7 +5,7 @@
 Each repeat makes two measurements in fresh processes on 127.0.0.1:
 
 1. End to end: start ``python app.py`` on a free port, poll until the page is served, then send
-   one synthetic slice through gradio_client and time the answer, and a second one for the
+   one synthetic slice through gradio_client and time the response, then a second one for the
    warm latency. The clock runs from just before the process is started.
 2. Breakdown: a second fresh process runs the steps of ``app.main`` one by one and times them:
    interpreter start, importing gradio, importing app (torch, timm, the package), loading the

@@ -1,4 +1,4 @@
-"""Which bundled run folders the app offers, and which of them it selects first.
+"""Choice of the bundled run folders the app offers, and of the one it selects first.
 
 A run folder under ``space/models/`` contains an export (``config.json`` and ``model.safetensors``)
 and the ``train_config.json`` of the run that made it. The menu offers the runs trained on the

@@ -65,11 +65,11 @@ def matches_recipe(run_dir: Path, config: TrainConfig) -> bool:
     if not (run_dir / "metrics.json").is_file() or not config_path.is_file():
         return False
     recorded = json.loads(config_path.read_text())
-    wanted = config.to_dict()
+    expected = config.to_dict()
     defaults = TrainConfig().to_dict()
     keys = ["model", "split", "seed", "group_column", *RECIPES[config.model]]
     # A key missing from an older train_config.json had its default value then.
-    return all(recorded.get(key, defaults[key]) == wanted[key] for key in keys)
+    return all(recorded.get(key, defaults[key]) == expected[key] for key in keys)
 
 
 def train_or_reuse(config: TrainConfig, *, retrain: bool) -> None:

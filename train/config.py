@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + item.name.replace("_", "-")
         default = getattr(defaults, item.name)
         # The parser's own default stays None so that only flags actually given override --config.
-        shown = "required" if item.name in ("dataset", "output_dir") else f"default: {default}"
-        help_text = f"{HELP[item.name]} ({shown})"
+        default_text = "required" if item.name in ("dataset", "output_dir") else f"default: {default}"
+        help_text = f"{HELP[item.name]} ({default_text})"
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

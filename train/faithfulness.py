@@ -1,4 +1,4 @@
-"""How well each Grad-CAM method points at the tumor, measured on a run's recorded test split.
+"""Faithfulness of each Grad-CAM method: whether its map points at the tumor, on a run's recorded test split.
 
 Score a finished run and write ``faithfulness.json`` into its folder with::
 
