@@ -109,3 +109,17 @@ def test_unknown_model_is_rejected_with_choices(tiny_imagefolder, tmp_path, caps
         train_main(["--model", "vgg", "--dataset", str(tiny_imagefolder), "--output-dir", str(tmp_path)])
 
     assert "braincancernet" in capsys.readouterr().err
+
+
+def test_mixup_and_cutmix_train_with_soft_targets(tiny_imagefolder, tmp_path):
+    exit_code = train_main(
+        ["--dataset", str(tiny_imagefolder), "--output-dir", str(tmp_path), "--epochs", "1",
+         "--image-size", "32", "--batch-size", "8", "--eval-batch-size", "8",
+         "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--mix-prob", "1.0"]
+    )
+    history = json.loads((tmp_path / "history.json").read_text())
+    recorded = json.loads((tmp_path / "train_config.json").read_text())
+
+    assert exit_code == 0
+    assert np.isfinite(history["epochs"][0]["train_loss"])
+    assert (recorded["mixup_alpha"], recorded["cutmix_alpha"]) == (0.2, 1.0)

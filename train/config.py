@@ -28,6 +28,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     drop_rate: float = 0.3
     ema_decay: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
     mixed_precision: str = "no"
     channels_last: bool = True
     seed: int = 42
@@ -59,6 +62,9 @@ HELP = {
         "Decay of an exponential moving average of the weights, updated every step; validation, "
         "selection and export then use the average. 0 turns it off."
     ),
+    "mixup_alpha": "Beta-distribution alpha of mixup between training images (timm's Mixup); 0 turns it off.",
+    "cutmix_alpha": "Beta-distribution alpha of CutMix between training images; 0 turns it off.",
+    "mix_prob": "Share of training batches that get mixup or CutMix when either is on.",
     "mixed_precision": "'no' or 'bf16' (autocast on CPU and GPU; weights stay float32).",
     "channels_last": "Use the channels-last memory format (faster convolutions on CPU).",
     "seed": "Seed for the split, weight initialization, shuffling and augmentation.",

@@ -15,6 +15,8 @@ import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
@@ -141,9 +143,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 def train_one_epoch(
-    model, loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema=None
+    model, loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema=None, mixup=None
 ) -> dict:
-    """Run one epoch of augmented training and return mean loss, accuracy and images per second."""
+    """Run one epoch of augmented training and return mean loss, accuracy and images per second.
+
+    With ``mixup``, the loss is taken against the mixed soft targets, while the reported
+    accuracy still compares the prediction with each image's own label.
+    """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
@@ -154,8 +160,11 @@ def train_one_epoch(
         inputs = normalize(augment_batch(pixels.unsqueeze(1)), classifier.mean, classifier.std)
         if config.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        targets = labels
+        if mixup is not None:
+            inputs, targets = mixup(inputs, labels)
         logits = model(inputs)
-        loss = criterion(logits.float(), labels)
+        loss = criterion(logits.float(), targets)
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
@@ -243,6 +252,14 @@ def run_training(config: TrainConfig) -> dict:
         classifier, optimizer, train_loader, val_loader, scheduler
     )
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    mixup = None
+    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+        # timm's Mixup folds label smoothing into the soft targets it returns.
+        mixup = Mixup(
+            mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha, prob=config.mix_prob,
+            label_smoothing=config.label_smoothing, num_classes=len(data.label_names),
+        )
+        criterion = SoftTargetCrossEntropy()
     state = TrainerState()
     accelerator.register_for_checkpointing(state)
     ema = None
@@ -261,7 +278,7 @@ def run_training(config: TrainConfig) -> dict:
     for epoch in range(state.epoch + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         train_metrics = train_one_epoch(
-            model, train_loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema
+            model, train_loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema, mixup
         )
         val_metrics = evaluate_loader(scored_model, val_loader, criterion, accelerator, config, classifier)
         seconds = time.perf_counter() - epoch_start
