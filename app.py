@@ -1,6 +1,7 @@
 """Start the brain tumor classifier demo.
 
     python app.py [--model HUB_ID_OR_FOLDER] [--share] [--host 127.0.0.1] [--port N] [--examples-dir DIR]
+                  [--cache-max-age SECONDS]
 
 The models come from, in this order: ``--model`` (repeatable), the ``BRAIN_TUMOR_MODEL``
 environment variable, the ``models`` list of ``space/app_config.json`` (written by
@@ -10,6 +11,10 @@ environment variable, the ``models`` list of ``space/app_config.json`` (written 
 The server binds 127.0.0.1 unless ``--host`` or the ``GRADIO_SERVER_NAME`` environment
 variable names another address (Hugging Face Spaces sets it to 0.0.0.0). Importing this
 module loads no model and starts nothing.
+
+Uploads and rendered overlays stay in Gradio's cache folder (``$GRADIO_TEMP_DIR``, else
+``gradio`` under the system temporary folder) until they are ``--cache-max-age`` seconds old,
+and the rest is deleted when the server stops on Ctrl+C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +32,7 @@ import gradio as gr
 
 from brain_tumor_classifier.predictor import Predictor
 from space.model_choice import discover_run_folders, rank_run_folders, read_comparison
-from space.ui import CONCURRENCY_LIMIT, MAX_QUEUE_SIZE, build_demo, launch_options
+from space.ui import CONCURRENCY_LIMIT, DEFAULT_CACHE_MAX_AGE_S, MAX_QUEUE_SIZE, build_demo, launch_options
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +86,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=_positive_int,
         default=MAX_QUEUE_SIZE,
         help=f"Requests that may wait for a free slot. Further requests are rejected with a busy message. Default: {MAX_QUEUE_SIZE}.",
+    )
+    parser.add_argument(
+        "--cache-max-age",
+        type=_positive_int,
+        default=DEFAULT_CACHE_MAX_AGE_S,
+        metavar="SECONDS",
+        help="Age in seconds at which Gradio deletes a cached upload or overlay. Gradio checks at the same "
+        f"interval, so a file stays between one and two times this long. Default: {DEFAULT_CACHE_MAX_AGE_S}.",
     )
     return parser.parse_args(argv)
 
@@ -155,7 +169,12 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks:
         examples_dir=args.examples_dir,
         concurrency_limit=args.concurrency_limit,
         max_queue_size=args.max_queue_size,
+        cache_max_age_s=args.cache_max_age,
     )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,7 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logger.info("Starting the demo on %s", args.host)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+    # launch() blocks until a KeyboardInterrupt and then closes the server, which deletes the cached
+    # uploads and overlays. SIGTERM (sent by `docker stop` and most process managers) would end the
+    # process without that cleanup, so it is turned into a KeyboardInterrupt while the server runs.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    logger.info("Stopped the demo")
     return 0
 
 

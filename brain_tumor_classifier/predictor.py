@@ -27,7 +27,7 @@ from .explain import (
     order_by_faithfulness,
     read_faithfulness,
 )
-from .image_io import InvalidImageError, load_upload
+from .image_io import InvalidImageError, LoadedImage, load_upload
 
 __all__ = ["InvalidImageError", "ModelSourceError", "Prediction", "Predictor", "load_image", "is_hub_repo_id"]
 
@@ -55,6 +55,9 @@ class Prediction:
     # then explains why the probabilities should not be read as a tumor type.
     out_of_scope: bool = False
     warning: str | None = None
+    # Notices from decoding the upload, such as which frame of a multi-frame file was used. They
+    # may name the uploaded file, so they are shown to its sender and never logged.
+    notices: list[str] = field(default_factory=list)
 
 
 OUT_OF_SCOPE_WARNING = (
@@ -74,6 +77,10 @@ def load_image(image: ImageInput | None) -> Image.Image:
     ``image_io.load_upload`` does the decoding, including DICOM. Raises ``InvalidImageError``
     that names the problem and the fix.
     """
+    return _load(image).image
+
+
+def _load(image: ImageInput | None) -> LoadedImage:
     if image is None:
         raise InvalidImageError("No image was given. Upload an MRI slice as a PNG, JPEG, TIFF or DICOM file.")
     if not isinstance(image, (Image.Image, str, os.PathLike)):
@@ -81,7 +88,7 @@ def load_image(image: ImageInput | None) -> Image.Image:
             f"Expected a PIL image or an image file path, got {type(image).__name__}. "
             "Pass the slice as a PIL image or a path."
         )
-    return load_upload(image).image
+    return load_upload(image)
 
 
 class Predictor:
@@ -187,12 +194,14 @@ class Predictor:
         """Classify one slice and, when ``explain`` is true, explain one class with every method.
 
         The gallery explains ``target_class`` (an index or a label) when given, else the top
-        class, so a user can ask why the model did not pick another class. Raises
+        class, so a user can ask why the model did not pick another class. An out-of-scope image
+        gets no gallery, because its class probabilities, and so their explanations, are not meaningful. Raises
         ``InvalidImageError`` for a missing, empty or unreadable image, and ``ValueError`` for
         an unknown ``target_class``.
         """
         explained_class = None if target_class is None else self._class_index(target_class)
-        pil_image = load_image(image)
+        loaded = _load(image)
+        pil_image = loaded.image
         started = time.perf_counter()
         with self._lock:
             features, logits = self.classifier.predict_features_and_logits([pil_image])
@@ -200,7 +209,7 @@ class Predictor:
             out_of_scope = bool(self.classifier.is_out_of_scope(features)[0])
             top_index = max(range(len(probabilities)), key=probabilities.__getitem__)
             gallery = []
-            if explain:
+            if explain and not out_of_scope:
                 gallery = explain_image(
                     self.classifier,
                     pil_image,
@@ -227,4 +236,5 @@ class Predictor:
             gallery=gallery,
             out_of_scope=out_of_scope,
             warning=OUT_OF_SCOPE_WARNING if out_of_scope else None,
+            notices=list(loaded.notices),
         )

@@ -62,8 +62,14 @@ MAX_QUEUE_SIZE = 32
 
 
 def launch_options() -> dict[str, Any]:
-    """Return the keyword arguments that every ``demo.launch`` call of this app passes."""
-    return {"max_file_size": MAX_UPLOAD_BYTES}
+    """Return the keyword arguments that every ``demo.launch`` call of this app passes.
+
+    ``run_history=False`` turns off Gradio's run history (added in Gradio 6.24 and on by default),
+    which keeps each call's inputs and outputs, references to the uploaded slice among them, in the
+    browser's localStorage and offers them again at ``/gradio_api/runs``. With it off, the browser
+    also deletes the runs that earlier visits saved.
+    """
+    return {"max_file_size": MAX_UPLOAD_BYTES, "run_history": False}
 
 DISCLAIMER = (
     "**Research use only, not for diagnosis.** This demo classifies single 2D MRI slices into the "
@@ -119,8 +125,8 @@ def _gallery(prediction: Prediction) -> list[tuple[Image.Image, str]]:
 
 
 def _prediction_warning(prediction: Prediction) -> str | None:
-    # Prediction gained out_of_scope, warning and notices after the UI was written, so they are
-    # read with defaults that keep older versions of the package working.
+    # Prediction gained out_of_scope and warning after the UI was written, so they are read with
+    # defaults that keep older versions of the package working.
     warning = getattr(prediction, "warning", None)
     if not warning and getattr(prediction, "out_of_scope", False):
         warning = OUT_OF_SCOPE_WARNING
@@ -139,6 +145,8 @@ def _notes(warning: str | None, notices: list[str]) -> str:
 
 def _answer(predictor: Predictor, prediction: Prediction) -> tuple:
     """Return the four outputs for one prediction, withholding the tumor type when it has a warning."""
+    # Notices describe how the upload was decoded, for example which frame of a multi-frame file was
+    # used. They reach API clients in the notes output.
     notices = [str(notice) for notice in getattr(prediction, "notices", None) or []]
     warning = _prediction_warning(prediction)
     if warning:

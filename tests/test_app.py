@@ -3,6 +3,7 @@
 import ast
 import importlib
 import json
+import signal
 import socket
 import threading
 import types
@@ -253,7 +254,7 @@ def test_upload_limit_from_image_io():
     expected = getattr(image_io, "MAX_FILE_SIZE_BYTES", getattr(image_io, "MAX_FILE_BYTES", 20 * 1024 * 1024))
 
     assert ui.MAX_UPLOAD_BYTES == expected
-    assert launch_options() == {"max_file_size": expected}
+    assert launch_options() == {"max_file_size": expected, "run_history": False}
 
 
 def test_main_launches_with_upload_limit(tiny_model_dir, monkeypatch):
@@ -263,10 +264,13 @@ def test_main_launches_with_upload_limit(tiny_model_dir, monkeypatch):
         launched.update(kwargs)
 
     monkeypatch.setattr(gr.Blocks, "launch", record_launch)
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
     status = app.main(["--model", str(tiny_model_dir), "--port", "7999"])
 
     assert status == 0
+    assert signal.getsignal(signal.SIGTERM) is sigterm_handler, "main must restore the SIGTERM handler"
     assert launched["max_file_size"] == ui.MAX_UPLOAD_BYTES
+    assert launched["run_history"] is False
     assert launched["server_name"] == "127.0.0.1"
     assert launched["server_port"] == 7999
 
@@ -417,6 +421,14 @@ def test_create_demo_selects_first_source(tiny_model_dir, tmp_path):
     assert [choice[0] for choice in dropdown.choices] == ["second", tiny_model_dir.name]
 
 
+def test_cache_max_age_reaches_demo(tiny_model_dir):
+    default = app.create_demo(app.parse_args(["--model", str(tiny_model_dir)]))
+    short = app.create_demo(app.parse_args(["--model", str(tiny_model_dir), "--cache-max-age", "30"]))
+
+    assert default.delete_cache == (ui.DEFAULT_CACHE_MAX_AGE_S, ui.DEFAULT_CACHE_MAX_AGE_S)
+    assert short.delete_cache == (30, 30)
+
+
 def test_queue_options_reach_demo(tiny_model_dir):
     args = app.parse_args(["--model", str(tiny_model_dir), "--concurrency-limit", "3", "--max-queue-size", "5"])
     demo = app.create_demo(args)
@@ -425,7 +437,7 @@ def test_queue_options_reach_demo(tiny_model_dir):
     assert demo._queue.max_size == 5
 
 
-@pytest.mark.parametrize("option", ["--concurrency-limit", "--max-queue-size"])
+@pytest.mark.parametrize("option", ["--concurrency-limit", "--max-queue-size", "--cache-max-age"])
 def test_queue_options_must_be_positive(option, capsys):
     with pytest.raises(SystemExit):
         app.parse_args([option, "0"])

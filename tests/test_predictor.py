@@ -5,8 +5,10 @@ import logging
 import huggingface_hub
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from brain_tumor_classifier import BrainTumorClassifier
 from brain_tumor_classifier.explain import DEFAULT_METHODS
 from brain_tumor_classifier.predictor import (
     InvalidImageError,
@@ -90,6 +92,34 @@ def test_rgb_and_16_bit_images_are_accepted(predictor):
     for image in (rgb, sixteen_bit):
         prediction = predictor.predict(image, explain=False)
         assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_decoding_notices_reach_prediction(predictor, tmp_path, slice_image):
+    path = tmp_path / "animation.gif"
+    slice_image.save(path, save_all=True, append_images=[Image.new("L", slice_image.size, 0)], duration=100)
+
+    prediction = predictor.predict(path, explain=False)
+
+    assert prediction.notices == ["'animation.gif' is a GIF file with 2 frames. Only the first frame was used."]
+
+
+def test_plain_slice_has_no_notices(predictor, slice_png):
+    assert predictor.predict(slice_png, explain=False).notices == []
+
+
+def test_out_of_scope_image_gets_no_gallery(tiny_model_dir, slice_image):
+    classifier = BrainTumorClassifier.from_pretrained(str(tiny_model_dir))
+    # Class means at the origin and an identity precision make every score positive, so a
+    # threshold of -1 flags every image.
+    num_features = classifier.model.num_features
+    classifier.set_ood_statistics(torch.zeros(len(classifier.label_names), num_features), torch.eye(num_features))
+    classifier.ood_threshold = -1.0
+
+    prediction = Predictor(classifier, name="tiny").predict(slice_image)
+
+    assert prediction.out_of_scope is True
+    assert prediction.gallery == []
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_logs_carry_no_file_names(predictor, tmp_path, slice_image, caplog):
