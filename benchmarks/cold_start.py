@@ -1,11 +1,11 @@
 """Cold start of the app: seconds from ``python app.py`` to its first prediction response, with a breakdown.
 
-    python benchmarks/cold_start.py [--repeats 3] [--model FOLDER_OR_ID ...]
+    python benchmarks/cold_start.py [--repeats 3] [--model FOLDER_OR_ID ...] [--image SLICE]
 
 Each repeat makes two measurements in fresh processes on 127.0.0.1:
 
 1. End to end: start ``python app.py`` on a free port, poll until the page is served, then send
-   one synthetic slice through gradio_client and time the response, then a second one for the
+   one slice (``--image``, else a synthetic slice) through gradio_client and time the response, then a second one for the
    warm latency. The clock runs from just before the process is started.
 2. Breakdown: a second fresh process runs the steps of ``app.main`` one by one and times them:
    interpreter start, importing gradio, importing app (torch, timm, the package), loading the
@@ -149,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Time the app from process start to its first prediction response.")
     parser.add_argument("--repeats", type=int, default=3, help="Measurements of each kind. Default: 3.")
     parser.add_argument("--model", action="append", default=None, help="--model option for app.py (repeatable). Default: app.py's own default.")
+    parser.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        help="Slice to send. Default: a synthetic slice, which the bundled model flags as out of scope and "
+        "therefore answers without a Grad-CAM gallery.",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="Seconds one measurement may take. Default: 900.")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json", help="Results file.")
     args = parser.parse_args(argv)
@@ -159,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="cold-start-inputs-") as folder:
-        slice_path = Path(folder) / "slice.png"
-        synthetic_slice(random.Random(0)).save(slice_path)
+        if args.image is not None:
+            if not args.image.is_file():
+                parser.error(f"--image {args.image} is not a file. Pass the path of an MRI slice.")
+            slice_path = args.image.resolve()
+        else:
+            slice_path = Path(folder) / "slice.png"
+            synthetic_slice(random.Random(0)).save(slice_path)
         for repeat in range(args.repeats):
             try:
                 run = {
@@ -178,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "benchmarks/cold_start.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine_description(),
         "models": models or "app.py default",
+        "image": str(args.image) if args.image is not None else "synthetic slice",
         "median": {
             "first_answer_s": median_of(runs, "end_to_end", "first_answer_s"),
             "page_served_s": median_of(runs, "end_to_end", "page_served_s"),

@@ -13,12 +13,18 @@ each slice a known label, or a flat folder of images), else synthetic slices are
 About ``--bad-fraction`` of the requests send a bad file (text named .png, an empty file, a
 truncated PNG, random bytes named .jpg). Outcomes per request:
 
-- ``answered``: a good slice got a label (``wrong_label`` when a known label differs);
-- ``withheld``: a good slice got the app's out-of-scope warning instead of a tumor type;
+- ``answered``: a good slice got the label that the same model gives it offline;
+- ``withheld``: a good slice got the app's out-of-scope warning, as it does offline;
 - ``rejected_as_expected``: a bad file got the app's error message;
-- ``wrong_answer``: a bad file got a label;
+- ``wrong_answer``: a bad file got a label, or a good slice got another answer than offline;
 - ``busy``: the queue was full and the app asked the client to try again;
 - ``failed``: anything else (a good slice rejected, a timeout, a connection error).
+
+Before the run, the script loads the app's default model in its own process and predicts every
+good slice once: that reference answer is what the server must return under load. When the
+slices come in class subfolders, the reference's own mistakes against those labels are counted
+apart (``model_errors_against_folder_labels``), because they are errors of the model, not of
+the server. With ``--url`` pass ``--reference-model`` naming the server's default model.
 
 Results go to ``benchmarks/results/load_test.json``: counts, latency percentiles (upload to
 downloaded gallery), throughput and the server's RSS before, at its peak during, and after the run.
@@ -162,6 +168,7 @@ class Sample:
     path: Path
     bad: bool
     label: str | None = None  # the known class of a good slice, from its folder name
+    expected: str | None = None  # the answer of the model run offline: a class or WITHHELD_LABEL
 
 
 def good_samples(images_dir: Path | None, folder: Path, *, count: int, rng: random.Random) -> list[Sample]:
@@ -184,6 +191,21 @@ def good_samples(images_dir: Path | None, folder: Path, *, count: int, rng: rand
         raise ValueError(f"--images {images_dir} has no image files ({', '.join(IMAGE_SUFFIXES)}).")
     rng.shuffle(samples)
     return samples[:count]
+
+
+def with_reference_answers(samples: list[Sample], models: list[str]) -> list[Sample]:
+    """Return ``samples`` with the answer that the app's default model gives each offline."""
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    sources = app.model_sources(app.parse_args([arg for model in models for arg in ("--model", model)]))
+    predictor = app.load_predictors(sources[:1]).popitem()[1]
+    answered = []
+    for sample in samples:
+        prediction = predictor.predict(str(sample.path), explain=False)
+        expected = WITHHELD_LABEL if prediction.out_of_scope else prediction.top_label
+        answered.append(Sample(sample.path, bad=False, label=sample.label, expected=expected))
+    return answered
 
 
 def bad_samples(folder: Path, rng: random.Random) -> list[Sample]:
@@ -233,12 +255,12 @@ def classify_outcome(sample: Sample, result: tuple | None, error: BaseException 
     label = (result[0] or {}).get("label") if isinstance(result[0], dict) else None
     if sample.bad:
         return "wrong_answer", f"{sample.path.name} got label {label!r}"
-    if label == WITHHELD_LABEL:
-        return "withheld", ""
     if not label:
         return "failed", "the answer had no label"
-    if sample.label is not None and label != sample.label:
-        return "wrong_label", f"{sample.path.parent.name}/{sample.path.name} got {label!r}"
+    if label != sample.expected:
+        return "wrong_answer", f"{sample.path.parent.name}/{sample.path.name} got {label!r}, offline {sample.expected!r}"
+    if label == WITHHELD_LABEL:
+        return "withheld", ""
     return "answered", ""
 
 
@@ -325,9 +347,9 @@ def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | N
     for outcome in outcomes:
         counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
     completed = [outcome for outcome in outcomes if outcome.outcome not in ("busy", "failed")]
-    answered = [outcome.latency_s for outcome in outcomes if outcome.outcome in ("answered", "wrong_label", "withheld")]
+    answered = [outcome.latency_s for outcome in outcomes if outcome.outcome in ("answered", "withheld")]
     rejected = [outcome.latency_s for outcome in outcomes if outcome.outcome == "rejected_as_expected"]
-    problems = [outcome.detail for outcome in outcomes if outcome.outcome in ("failed", "wrong_answer", "wrong_label")]
+    problems = [outcome.detail for outcome in outcomes if outcome.outcome in ("failed", "wrong_answer")]
     mib = 1024 * 1024
     return {
         "requests": len(outcomes),
@@ -335,7 +357,7 @@ def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | N
         "throughput_requests_per_second": round(len(completed) / wall_s, 3) if wall_s else None,
         "counts": dict(sorted(counts.items())),
         "failed_requests": counts.get("failed", 0),
-        "wrong_answers": counts.get("wrong_answer", 0) + counts.get("wrong_label", 0),
+        "wrong_answers": counts.get("wrong_answer", 0),
         "busy_rejections": counts.get("busy", 0),
         "latency_seconds": {"good_slices": percentiles(answered), "bad_files": percentiles(rejected)},
         "server_rss_mib": {
@@ -369,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None, help="URL of a running app on 127.0.0.1. Default: start app.py.")
     parser.add_argument("--server-pid", type=int, default=None, help="Process id of the --url server, to read its RSS.")
     parser.add_argument("--model", action="append", default=None, help="--model option for the app.py this script starts (repeatable).")
+    parser.add_argument("--reference-model", action="append", default=None, help="Model that answers the good slices offline. Default: the app's default model (required with --url).")
     parser.add_argument("--concurrency-limit", type=int, default=None, help="--concurrency-limit for the app.py this script starts.")
     parser.add_argument("--max-queue-size", type=int, default=None, help="--max-queue-size for the app.py this script starts.")
     parser.add_argument("--timeout", type=float, default=300.0, help="Seconds one request may take. Default: 300.")
@@ -390,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             good = good_samples(args.images, Path(folder), count=args.max_images, rng=rng)
         except ValueError as error:
             parser.error(str(error))
+        if args.url is not None and not args.reference_model:
+            parser.error("--url needs --reference-model naming the server's default model, to check its answers.")
+        good = with_reference_answers(good, args.reference_model or args.model or [])
+        model_errors = sum(1 for sample in good if sample.label is not None and sample.expected != sample.label)
         plan = request_plan(good, bad_samples(Path(folder), rng), requests=args.requests, bad_fraction=args.bad_fraction, rng=rng)
 
         if args.url is not None:
@@ -413,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         "good_slices": "synthetic" if args.images is None else str(args.images),
         "distinct_good_slices": len(good),
+        "model_errors_against_folder_labels": model_errors,
         "bad_fraction": args.bad_fraction,
         "app_options": extra,
         **summary,
@@ -421,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({key: record[key] for key in ("requests", "counts", "throughput_requests_per_second", "latency_seconds", "server_rss_mib")}, indent=2))
     print(f"Wrote {args.output}")
-    return 0 if summary["failed_requests"] == 0 and summary["counts"].get("wrong_answer", 0) == 0 else 1
+    return 0 if summary["failed_requests"] == 0 and summary["wrong_answers"] == 0 else 1
 
 
 if __name__ == "__main__":

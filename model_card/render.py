@@ -3,7 +3,9 @@
 Every number in the card is read from the run folder: ``metrics.json`` (test results),
 ``train_config.json`` (command and hyperparameters), ``history.json`` (epochs, time,
 hardware), ``config.json`` (labels, input size) and the header of ``model.safetensors``
-(parameter count). Nothing depends on the clock, so the same folder renders to the same bytes.
+(parameter count), plus ``calibration.json`` (``python -m train.calibrate``) and
+``faithfulness.json`` (``python -m train.faithfulness``) where the folder has them. Nothing
+depends on the clock, so the same folder renders to the same bytes.
 
 Render or re-render the card of a run folder with::
 
@@ -26,6 +28,7 @@ from typing import Any, Sequence
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from brain_tumor_classifier import BrainTumorClassifier
+from brain_tumor_classifier.explain import read_faithfulness
 
 __all__ = ["CARD_NAME", "RunFiles", "load_run", "build_card_data", "render_model_card", "write_model_card"]
 
@@ -36,6 +39,12 @@ TEMPLATE_PATH = Path(__file__).with_name("template.md")
 METRICS_NAME = "metrics.json"
 # Optional: a JSON list of further results in the metrics.json format, such as a patient-level split.
 METRICS_GROUP_NAME = "metrics_group.json"
+# Optional files of python -m train.calibrate and python -m train.faithfulness.
+CALIBRATION_NAME = "calibration.json"
+RELIABILITY_DIAGRAM_NAME = "reliability_diagram.png"
+# The entries of faithfulness.json that are not methods.
+CHANCE_BASELINE_KEY = "chance_baseline"
+FAITHFULNESS_SETTINGS_KEY = "settings"
 REQUIRED_RUN_FILES = ("config.json", "model.safetensors", METRICS_NAME, "train_config.json", "history.json")
 REQUIRED_METRICS_KEYS = ("split", "split_kind", "num_images", "accuracy", "balanced_accuracy", "macro_f1")
 # The image that the get-started snippet opens. Tests create it before running the snippet.
@@ -58,6 +67,9 @@ class RunFiles:
     num_parameters: int
     has_confusion_image: bool
     has_curves_image: bool
+    calibration: dict | None = None
+    faithfulness: dict | None = None
+    has_reliability_image: bool = False
 
 
 # Reading the run folder ----------------------------------------------------------------------
@@ -149,6 +161,9 @@ def load_run(run_dir: Path, *, extra_metrics: Sequence[Path] = ()) -> RunFiles:
         num_parameters=count_parameters(run_dir / "model.safetensors"),
         has_confusion_image=(run_dir / "confusion_matrix.png").is_file(),
         has_curves_image=(run_dir / "training_curves.png").is_file(),
+        calibration=_read_json(run_dir / CALIBRATION_NAME) if (run_dir / CALIBRATION_NAME).is_file() else None,
+        faithfulness=read_faithfulness(run_dir),
+        has_reliability_image=(run_dir / RELIABILITY_DIAGRAM_NAME).is_file(),
     )
 
 
@@ -289,6 +304,80 @@ def _hyperparameter_table(train_config: dict) -> str:
     return markdown_table(["option", "value"], rows)
 
 
+def _calibration_table(calibration: dict) -> str:
+    validation, test, non_mri = calibration["validation"], calibration["test"], calibration["non_mri"]
+    false_alarms = round(test["false_alarm_rate"] * test["num_images"])
+    detected = sum(category["detected"] for category in non_mri["categories"].values())
+    rows = [
+        [f"softmax temperature (fitted on {validation['num_images']} validation slices)", calibration["temperature"]],
+        [f"ECE before scaling ({test['num_images']} test slices, {test['ece_bins']} bins)", test["ece_before"]],
+        ["ECE after scaling", test["ece_after"]],
+        ["negative log-likelihood before scaling", test["nll_before"]],
+        ["negative log-likelihood after scaling", test["nll_after"]],
+        ["out-of-scope threshold (in `config.json`)", calibration["ood_threshold"]],
+        [f"test MRI slices flagged as out of scope ({false_alarms} of {test['num_images']})",
+         test["false_alarm_rate"]],
+        [f"non-MRI images flagged as out of scope ({detected} of {non_mri['count']})", non_mri["detection_rate"]],
+    ]
+    return markdown_table(["quantity", "value"], rows)
+
+
+def _non_mri_table(non_mri: dict) -> str:
+    rows = [
+        [f"`{name}`", category["count"], category["detected"], category["source"]]
+        for name, category in non_mri["categories"].items()
+    ]
+    return markdown_table(["category", "images", "flagged", "source"], rows)
+
+
+def _faithfulness_table(faithfulness: dict) -> str:
+    methods = {
+        name: values
+        for name, values in faithfulness.items()
+        if name not in (CHANCE_BASELINE_KEY, FAITHFULNESS_SETTINGS_KEY)
+    }
+    rows = [
+        [name, values["pointing_game"], values["energy_pointing"], values["road"]]
+        for name, values in sorted(methods.items(), key=lambda item: -item[1]["energy_pointing"])
+    ]
+    chance = faithfulness.get(CHANCE_BASELINE_KEY)
+    if chance:
+        rows.append(["chance (box area share)", chance["box_area_share"], chance["box_area_share"], None])
+    return markdown_table(["method", "pointing game", "energy pointing", "ROAD"], rows)
+
+
+def _faithfulness_context(faithfulness: dict | None) -> dict:
+    if not faithfulness:
+        return {"faithfulness_table": None}
+    settings = faithfulness.get(FAITHFULNESS_SETTINGS_KEY, {})
+    chance = faithfulness.get(CHANCE_BASELINE_KEY, {})
+    # Files written before the chance baseline existed keep the slice count in each method's entry.
+    num_images = chance.get("num_images") or next(iter(faithfulness.values())).get("num_images")
+    test_slices = settings.get("test_slices")
+    if test_slices is None:
+        scope = f"{num_images} test slices"
+    elif num_images == test_slices:
+        scope = f"all {test_slices} test slices"
+    else:
+        scope = f"{num_images} of the {test_slices} test slices"
+    road_fraction = settings.get("road_fraction")
+    return {
+        "faithfulness_table": _faithfulness_table(faithfulness),
+        "faithfulness_command": settings.get("command"),
+        "faithfulness_scope": scope,
+        "faithfulness_road_pixels": "input pixels" if road_fraction is None else f"{road_fraction:.0%} of the input pixels",
+        "faithfulness_has_chance": bool(chance),
+    }
+
+
+def _other_mri_sentence(other_mri: dict, threshold: float) -> str:
+    outcome = "flagged" if other_mri["flagged"] else "not flagged"
+    return (
+        f"Not counted above: one MRI from another source scored {other_mri['score']:.1f} "
+        f"(threshold {threshold:.1f}) and was {outcome}. Source: {other_mri['source']}."
+    )
+
+
 def _best_epoch(history: dict) -> dict:
     best = history.get("best_epoch")
     return next((entry for entry in history.get("epochs", []) if entry.get("epoch") == best), {})
@@ -334,6 +423,16 @@ def build_template_context(run: RunFiles, *, repo_id: str | None = None) -> dict
         # json.dumps gives a double-quoted string that is also a valid Python literal.
         "model_location_literal": json.dumps(location),
         "example_image_literal": json.dumps(EXAMPLE_IMAGE_NAME),
+        "calibration": run.calibration,
+        "calibration_table": _calibration_table(run.calibration) if run.calibration else None,
+        "non_mri_table": _non_mri_table(run.calibration["non_mri"]) if run.calibration else None,
+        "has_reliability_image": run.has_reliability_image,
+        "other_mri_sentence": (
+            _other_mri_sentence(run.calibration["non_mri"]["other_mri"], run.calibration["ood_threshold"])
+            if run.calibration and run.calibration["non_mri"].get("other_mri")
+            else None
+        ),
+        **_faithfulness_context(run.faithfulness),
     }
 
 

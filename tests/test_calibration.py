@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,6 +31,8 @@ from train.calibrate import (
     score_splits,
     softmax,
 )
+from train.compare import read_calibration
+from train.report import calibration_lines, calibration_summary
 
 from conftest import write_blob_imagefolder
 
@@ -274,3 +277,54 @@ def test_calibrated_run_loads_into_predictor(calibrated_run):
 def test_calibrate_rejects_folder_without_manifest(tmp_path, capsys):
     assert calibrate_main(["--run-dir", str(tmp_path)]) == 2
     assert "split_manifest.json is missing" in capsys.readouterr().err
+
+
+# Report section ------------------------------------------------------------------------------
+
+
+def test_report_section_equals_file(calibrated_run):
+    run_dir, _ = calibrated_run
+    report = read_calibration(run_dir)
+    test, non_mri = report["test"], report["non_mri"]
+    runs = [
+        SimpleNamespace(model="braincancernet", split="random", run_dir=run_dir, calibration=report),
+        SimpleNamespace(model="resnet50", split="group", run_dir=run_dir, calibration=None),
+    ]
+
+    text = "\n".join(calibration_lines(runs))
+
+    false_alarms = round(test["false_alarm_rate"] * test["num_images"])
+    detected = sum(category["detected"] for category in non_mri["categories"].values())
+    row = (
+        f"| braincancernet | random | {report['temperature']:.4f} | {test['ece_before']:.4f} | {test['ece_after']:.4f} "
+        f"| {100 * test['false_alarm_rate']:.2f}% ({false_alarms} of {test['num_images']}) "
+        f"| {100 * non_mri['detection_rate']:.2f}% ({detected} of {non_mri['count']}) "
+        f"| `python -m train.calibrate --run-dir {run_dir}` |"
+    )
+    assert "## Calibration and out-of-scope detection" in text
+    assert row in text
+    assert f"ECE uses {ECE_BINS} equal-width confidence bins." in text
+    assert "Not calibrated (no `calibration.json` in the run folder): resnet50 (group)." in text
+    assert f"(reliability_{run_dir.name}.png)" in text
+
+
+def test_report_summary_equals_file(calibrated_run):
+    run_dir, _ = calibrated_run
+    report = read_calibration(run_dir)
+
+    summary = calibration_summary(report)
+
+    assert summary["temperature"] == report["temperature"]
+    assert summary["ece_before"] == report["test"]["ece_before"]
+    assert summary["ece_after"] == report["test"]["ece_after"]
+    assert summary["test_false_alarm_rate"] == report["test"]["false_alarm_rate"]
+    assert summary["non_mri_detection_rate"] == report["non_mri"]["detection_rate"]
+    assert calibration_summary(None) is None
+
+
+def test_read_calibration_rejects_damaged_file(tmp_path):
+    assert read_calibration(tmp_path) is None
+    (tmp_path / CALIBRATION_NAME).write_text("{")
+
+    with pytest.raises(ValueError, match="python -m train.calibrate"):
+        read_calibration(tmp_path)

@@ -2,25 +2,34 @@
 
 import json
 import logging
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from brain_tumor_classifier.explain import DEFAULT_METHODS, FAITHFULNESS_NAME
+import model_card.render
+import train.report
+from brain_tumor_classifier.explain import DEFAULT_METHODS, FAITHFULNESS_NAME, order_by_faithfulness, read_faithfulness
 from brain_tumor_classifier.predictor import Predictor
 from train.__main__ import main as train_main
 from train.faithfulness import (
+    CHANCE_BASELINE_KEY,
+    SETTINGS_KEY,
     Box,
     _RemoveTopFraction,
+    box_area_share,
     box_mask,
     energy_inside,
     main as faithfulness_main,
+    method_scores,
     pointing_hit,
     read_boxes,
     spread_rows,
 )
+from train.report import faithfulness_lines, plot_faithfulness
 
 from conftest import BLOB_CENTERS, BLOB_SLICE_HEIGHT, BLOB_SLICE_WIDTH, write_blob_imagefolder
 
@@ -96,6 +105,19 @@ def test_energy_inside_known_share():
     assert energy_inside(cam, mask) == pytest.approx(120 / (120 + 340))
 
 
+def test_box_area_share_known_box():
+    # On a 40 x 20 image, 6 rows and 20 columns lie inside the box.
+    mask = box_mask(Box(0.5, 0.25, 0.5, 0.3), width=40, height=20)
+
+    assert box_area_share(mask) == pytest.approx(120 / 800)
+
+
+def test_uniform_map_scores_box_area_share():
+    mask = box_mask(Box(0.3, 0.6, 0.2, 0.5), width=50, height=30)
+
+    assert energy_inside(np.ones((30, 50), np.float32), mask) == pytest.approx(box_area_share(mask))
+
+
 def test_energy_of_zero_map_is_zero():
     mask = box_mask(Box(0.5, 0.5, 0.2, 0.2), width=10, height=10)
 
@@ -139,13 +161,52 @@ def test_spread_rows_samples_whole_split():
 def test_command_writes_scores_per_method(scored_run):
     scores = json.loads((scored_run / FAITHFULNESS_NAME).read_text())
 
-    assert list(scores) == list(DEFAULT_METHODS)
-    for method, values in scores.items():
+    assert list(scores) == [*DEFAULT_METHODS, CHANCE_BASELINE_KEY, SETTINGS_KEY]
+    for method, values in method_scores(scores).items():
         assert set(values) == {"pointing_game", "energy_pointing", "road", "num_images"}, method
         assert values["num_images"] == 3, method
         assert 0.0 <= values["pointing_game"] <= 1.0, method
         assert 0.0 <= values["energy_pointing"] <= 1.0, method
         assert -1.0 <= values["road"] <= 1.0, method
+
+
+def test_command_writes_chance_and_settings(scored_run):
+    scores = json.loads((scored_run / FAITHFULNESS_NAME).read_text())
+    manifest = json.loads((scored_run / "split_manifest.json").read_text())
+
+    # Every generated box is 10 x 10 px on a 48 x 40 slice.
+    assert scores[CHANCE_BASELINE_KEY] == {"box_area_share": round(100 / (48 * 40), 4), "num_images": 3}
+    settings = scores[SETTINGS_KEY]
+    assert settings["command"] == f"python -m train.faithfulness --run-dir {scored_run} --limit 3"
+    assert settings["road_fraction"] == 0.2
+    assert settings["seed"] == 0
+    assert settings["test_slices"] == len(manifest["splits"]["test"])
+    assert settings["test_slices_with_box"] == settings["test_slices"]
+
+
+def test_chance_baseline_averages_box_shares(trained_run, tmp_path):
+    # One box size per class: 10 x 10 px, 20 x 10 px and the whole 48 x 40 px slice.
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns(FAITHFULNESS_NAME))
+    share_of_class = {"glioma": 100 / 1920, "meningioma": 200 / 1920, "pituitary": 1.0}
+    box_of_class = {
+        "glioma": (12 / 48, 12 / 40, 10 / 48, 10 / 40),
+        "meningioma": (36 / 48, 12 / 40, 20 / 48, 10 / 40),
+        "pituitary": (0.5, 0.5, 1.0, 1.0),
+    }
+    test_entries = json.loads((run_dir / "split_manifest.json").read_text())["splits"]["test"]
+    lines = ["file_name,x_center,y_center,width,height"]
+    for label, box in box_of_class.items():
+        lines += [f"{label}/{label}_{index}.png," + ",".join(map(str, box)) for index in range(10)]
+    (tmp_path / "boxes.csv").write_text("\n".join(lines) + "\n")
+
+    exit_code = faithfulness_main(["--run-dir", str(run_dir), "--boxes", str(tmp_path / "boxes.csv")])
+
+    assert exit_code == 0
+    chance = json.loads((run_dir / FAITHFULNESS_NAME).read_text())[CHANCE_BASELINE_KEY]
+    expected = np.mean([share_of_class[entry["label"]] for entry in test_entries])
+    assert chance["num_images"] == len(test_entries)
+    assert chance["box_area_share"] == round(expected, 4)
 
 
 def test_command_reports_missing_boxes(trained_run, tmp_path, capsys):
@@ -156,6 +217,74 @@ def test_command_reports_missing_boxes(trained_run, tmp_path, capsys):
 
 
 # Gallery order ---------------------------------------------------------------------------------------
+
+
+def test_reader_orders_methods_only(scored_run):
+    scores = read_faithfulness(scored_run)
+
+    order, notes = order_by_faithfulness(DEFAULT_METHODS, scores)
+
+    assert sorted(order) == sorted(DEFAULT_METHODS)
+    assert set(notes) == set(DEFAULT_METHODS)
+
+
+def test_readers_use_written_keys():
+    # The report and the card name the non-method entries without importing this module.
+    assert (train.report.CHANCE_BASELINE_KEY, train.report.FAITHFULNESS_SETTINGS_KEY) == (CHANCE_BASELINE_KEY, SETTINGS_KEY)
+    assert (model_card.render.CHANCE_BASELINE_KEY, model_card.render.FAITHFULNESS_SETTINGS_KEY) == (
+        CHANCE_BASELINE_KEY,
+        SETTINGS_KEY,
+    )
+
+
+# Report section --------------------------------------------------------------------------------------
+
+
+def test_report_section_equals_file(scored_run):
+    scores = json.loads((scored_run / FAITHFULNESS_NAME).read_text())
+    run = SimpleNamespace(model="braincancernet", split="random", run_dir=scored_run, faithfulness=scores)
+    unscored = SimpleNamespace(model="resnet50", split="group", run_dir=scored_run, faithfulness=None)
+
+    text = "\n".join(faithfulness_lines([run, unscored]))
+
+    assert "## Grad-CAM faithfulness" in text
+    assert "### braincancernet, random split" in text
+    assert f"written by `{scores[SETTINGS_KEY]['command']}`" in text
+    assert f"3 of {scores[SETTINGS_KEY]['test_slices']} test slices" in text
+    chance = scores[CHANCE_BASELINE_KEY]["box_area_share"]
+    for method, values in method_scores(scores).items():
+        row = (
+            f"| {method} | {100 * values['pointing_game']:.2f}% | {100 * values['energy_pointing']:.2f}% "
+            f"| {values['energy_pointing'] / chance:.2f}x | {values['road']:+.4f} |"
+        )
+        assert row in text, method
+    assert f"| chance (box area share) | {100 * chance:.2f}% | {100 * chance:.2f}% | 1.00x | n/a |" in text
+    assert "Not measured (no `faithfulness.json` in the run folder): resnet50 (group)." in text
+
+
+def test_report_rows_follow_energy_pointing(scored_run):
+    scores = json.loads((scored_run / FAITHFULNESS_NAME).read_text())
+    run = SimpleNamespace(model="braincancernet", split="random", run_dir=scored_run, faithfulness=scores)
+
+    table = [line for line in faithfulness_lines([run]) if line.startswith("| ")]
+    rows = table[2:]  # after the header and the separator
+
+    names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    expected = sorted(method_scores(scores), key=lambda method: -scores[method]["energy_pointing"])
+    assert names == [*expected, "chance (box area share)"]
+
+
+def test_report_plot_written(scored_run, tmp_path):
+    scores = json.loads((scored_run / FAITHFULNESS_NAME).read_text())
+    runs = [
+        SimpleNamespace(model=model, split="random", run_dir=scored_run, faithfulness=scores)
+        for model in ("braincancernet", "resnet50")
+    ]
+
+    assert plot_faithfulness(runs, tmp_path / "faithfulness.png")
+    assert Image.open(tmp_path / "faithfulness.png").size[0] > 0
+    assert not plot_faithfulness([SimpleNamespace(faithfulness=None)], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_gallery_follows_measured_order(scored_run, slice_image):

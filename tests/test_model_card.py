@@ -97,9 +97,57 @@ def make_run_folder(run_dir: Path) -> Path:
     return run_dir
 
 
+CALIBRATION = {
+    "temperature": 0.5699684507910576,
+    "ood_threshold": 473.89117431640625,
+    "false_alarm_target": 0.01,
+    "validation": {"num_images": 460, "nll_before": 0.1389, "nll_after": 0.0893, "false_alarm_rate": 0.0087},
+    "test": {
+        "num_images": 460,
+        "ece_bins": 15,
+        "ece_before": 0.06676763412402305,
+        "ece_after": 0.024749598473940034,
+        "nll_before": 0.16233163235749223,
+        "nll_after": 0.1259413641977119,
+        "false_alarm_rate": 0.006521739130434782,
+    },
+    "non_mri": {
+        "categories": {
+            "noise": {"source": "generated noise", "count": 10, "detected": 10, "detection_rate": 1.0},
+            "photo": {"source": "a bundled photo", "count": 7, "detected": 6, "detection_rate": 6 / 7},
+        },
+        "count": 17,
+        "detection_rate": 16 / 17,
+        "other_mri": {"source": "a sagittal head MRI", "score": 812.345, "flagged": True},
+    },
+    "calibrate_command": "python -m train.calibrate --run-dir runs/braincancernet",
+}
+FAITHFULNESS = {
+    "GradCAM": {"pointing_game": 0.5, "energy_pointing": 0.1234, "road": -0.0456, "num_images": 460},
+    "EigenCAM": {"pointing_game": 0.25, "energy_pointing": 0.2345, "road": -0.0123, "num_images": 460},
+    "chance_baseline": {"box_area_share": 0.0612, "num_images": 460},
+    "settings": {
+        "road_fraction": 0.2,
+        "seed": 0,
+        "test_slices": 460,
+        "test_slices_with_box": 460,
+        "command": "python -m train.faithfulness --run-dir runs/braincancernet",
+    },
+}
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return make_run_folder(tmp_path / "run")
+
+
+@pytest.fixture
+def measured_run_dir(run_dir: Path) -> Path:
+    """The fake run folder plus calibration.json, reliability_diagram.png and faithfulness.json."""
+    (run_dir / "calibration.json").write_text(json.dumps(CALIBRATION, indent=2) + "\n")
+    (run_dir / "faithfulness.json").write_text(json.dumps(FAITHFULNESS, indent=2) + "\n")
+    Image.new("L", (8, 8)).save(run_dir / "reliability_diagram.png")
+    return run_dir
 
 
 def read_json(path: Path) -> dict:
@@ -289,3 +337,61 @@ def test_incomplete_metrics_named(run_dir: Path) -> None:
 def test_parameter_count_skips_batch_norm_buffers(run_dir: Path) -> None:
     model = BrainTumorClassifier.from_pretrained(str(run_dir))
     assert count_parameters(run_dir / "model.safetensors") == sum(p.numel() for p in model.parameters())
+
+
+def test_card_without_measurements_says_so(run_dir: Path) -> None:
+    text = render_model_card(run_dir).text
+    assert "## Calibration and out-of-scope detection" not in text
+    assert "## Grad-CAM faithfulness" not in text
+    assert "frequencies was not measured for this card" in text
+
+
+def test_card_calibration_equals_file(measured_run_dir: Path) -> None:
+    text = render_model_card(measured_run_dir).text
+    section = text.split("## Calibration and out-of-scope detection", 1)[1].split("\n## ", 1)[0]
+    assert f"```bash\n{CALIBRATION['calibrate_command']}\n```" in section
+    assert "| softmax temperature (fitted on 460 validation slices) | 0.5700 |" in section
+    assert "| ECE before scaling (460 test slices, 15 bins) | 0.0668 |" in section
+    assert "| ECE after scaling | 0.0247 |" in section
+    assert "| out-of-scope threshold (in `config.json`) | 473.8912 |" in section
+    assert "| test MRI slices flagged as out of scope (3 of 460) | 0.0065 |" in section
+    assert "| non-MRI images flagged as out of scope (16 of 17) | 0.9412 |" in section
+    assert "| `photo` | 7 | 6 | a bundled photo |" in section
+    assert "flags\n1% of the validation slices" in section
+    assert (
+        "Not counted above: one MRI from another source scored 812.3 (threshold 473.9) and was flagged. "
+        "Source: a sagittal head MRI." in section
+    )
+    assert "![Reliability diagrams on the test split before and after temperature scaling](reliability_diagram.png)" in section
+    assert "frequencies was not measured for this card" not in text
+    assert "tested\n  on non-MRI images only" in text
+
+
+def test_card_faithfulness_equals_file(measured_run_dir: Path) -> None:
+    text = render_model_card(measured_run_dir).text
+    section = text.split("## Grad-CAM faithfulness", 1)[1].split("\n## ", 1)[0]
+    assert f"```bash\n{FAITHFULNESS['settings']['command']}\n```" in section
+    assert "tumor boxes on all 460 test slices (`faithfulness.json`)" in section
+    assert "most relevant 20% of the input pixels are imputed" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert rows == [
+        "| method | pointing game | energy pointing | ROAD |",
+        "| --- | --- | --- | --- |",
+        "| EigenCAM | 0.2500 | 0.2345 | -0.0123 |",
+        "| GradCAM | 0.5000 | 0.1234 | -0.0456 |",
+        "| chance (box area share) | 0.0612 | 0.0612 | n/a |",
+    ]
+
+
+def test_card_with_measurements_round_trips(measured_run_dir: Path) -> None:
+    card = render_model_card(measured_run_dir, repo_id="example-org/brain-tumor-test")
+    assert ModelCard(str(card)).data.to_dict() == card.data.to_dict()
+    assert str(render_model_card(measured_run_dir, repo_id="example-org/brain-tumor-test")) == str(card)
+
+
+def test_card_names_partial_faithfulness_scope(measured_run_dir: Path) -> None:
+    faithfulness = json.loads(json.dumps(FAITHFULNESS))
+    faithfulness["chance_baseline"]["num_images"] = 230
+    (measured_run_dir / "faithfulness.json").write_text(json.dumps(faithfulness))
+    text = render_model_card(measured_run_dir).text
+    assert "tumor boxes on 230 of the 460 test slices" in text

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from brain_tumor_classifier.explain import read_faithfulness
 from model_card.render import METRICS_GROUP_NAME, write_model_card
 
+from .calibrate import CALIBRATION_NAME
 from .config import TrainConfig
 from .evaluate import RunScores, classification_metrics, score_run
 from .leakage import leakage_audit
@@ -48,6 +50,9 @@ class RunResult:
     intervals: dict
     weights_megabytes: float
     num_parameters: int
+    # The run folder's faithfulness.json and calibration.json, or None where the folder has none.
+    faithfulness: dict | None = None
+    calibration: dict | None = None
 
 
 def run_dir_for(runs_dir: Path, model: str, split: str) -> Path:
@@ -130,7 +135,20 @@ def collect_result(model: str, split: str, run_dir: Path) -> RunResult:
         intervals=bootstrap_intervals(scores.labels, scores.probabilities, scores.classifier.label_names),
         weights_megabytes=weights.stat().st_size / 1e6,
         num_parameters=sum(parameter.numel() for parameter in scores.classifier.parameters()),
+        faithfulness=read_faithfulness(run_dir),
+        calibration=read_calibration(run_dir),
     )
+
+
+def read_calibration(run_dir: Path) -> dict | None:
+    """Read the run folder's calibration.json, or return None when the folder has none."""
+    path = run_dir / CALIBRATION_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}). Write it again with python -m train.calibrate.") from error
 
 
 def attach_other_splits(results: list[RunResult]) -> None:

@@ -16,6 +16,16 @@ each method's map gets three scores, averaged over the slices:
   pytorch-grad-cam's ``NoisyLinearImputer`` (ROAD, removing the most relevant pixels first).
   Lower values (larger drops) mean a more faithful map.
 
+Beside the methods, the file has two entries that are not method names, so the gallery's
+``order_by_faithfulness`` never looks them up:
+
+- ``chance_baseline``: ``box_area_share``, the mean share of the image area inside the tumor box
+  over the scored slices. A map that is constant over the image gets this energy pointing, and
+  a map whose maximum lies at a uniformly random pixel gets this pointing game in expectation.
+  ROAD has no chance value here.
+- ``settings``: the command, the ROAD fraction, the seed and how many test slices there were
+  and how many of them had a box.
+
 ``brain_tumor_classifier.predictor.Predictor`` orders its gallery by ``energy_pointing`` when the
 model folder contains this file.
 """
@@ -26,6 +36,7 @@ import argparse
 import csv
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -54,6 +65,10 @@ logger = logging.getLogger(__name__)
 BOXES_NAME = "tumor_boxes.csv"
 BOX_COLUMNS = ("file_name", "x_center", "y_center", "width", "height")
 DEFAULT_ROAD_FRACTION = 0.2
+SCORE_KEYS = ("pointing_game", "energy_pointing", "road")
+# Entries of faithfulness.json that are not methods.
+CHANCE_BASELINE_KEY = "chance_baseline"
+SETTINGS_KEY = "settings"
 
 
 class Box(NamedTuple):
@@ -96,6 +111,11 @@ def box_mask(box: Box, width: int, height: int) -> np.ndarray:
     columns = np.arange(width) + 0.5
     rows = np.arange(height) + 0.5
     return ((rows >= top) & (rows <= bottom))[:, None] & ((columns >= left) & (columns <= right))[None, :]
+
+
+def box_area_share(mask: np.ndarray) -> float:
+    """Return the share of the image's pixels inside the box mask, which is a uniform map's energy pointing."""
+    return float(np.mean(mask, dtype=np.float64))
 
 
 def pointing_hit(cam: np.ndarray, mask: np.ndarray) -> bool:
@@ -224,8 +244,12 @@ def measure_faithfulness(
     road_fraction: float = DEFAULT_ROAD_FRACTION,
     seed: int = 0,
     progress: bool = False,
-) -> dict[str, dict[str, float]]:
-    """Score each method on the run's recorded test split and return the averages per method."""
+) -> dict[str, dict]:
+    """Score each method on the run's recorded test split and return the contents of faithfulness.json.
+
+    The result maps each method to its average scores and adds the ``chance_baseline`` and
+    ``settings`` entries (without the command, which ``write_faithfulness`` adds).
+    """
     run_dir = Path(run_dir)
     manifest_path = run_dir / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -267,7 +291,8 @@ def measure_faithfulness(
 
     # The ROAD imputer adds Gaussian noise, so a fixed seed makes the scores repeatable.
     torch.manual_seed(seed)
-    totals = {name: {"pointing_game": 0.0, "energy_pointing": 0.0, "road": 0.0} for name in methods}
+    totals = {name: dict.fromkeys(SCORE_KEYS, 0.0) for name in methods}
+    area_share_total = 0.0
     for row in tqdm(selected, desc="Scoring Grad-CAM methods", unit="slice", disable=not progress):
         image = images.dataset[row][images.image_column]
         box = box_of[images.file_ids[row]]
@@ -275,15 +300,34 @@ def measure_faithfulness(
         for name, values in scores.items():
             for key, value in values.items():
                 totals[name][key] += value
+        area_share_total += box_area_share(box_mask(box, image.width, image.height))
     count = len(selected)
-    return {
+    result: dict[str, dict] = {
         name: {**{key: round(value / count, 4) for key, value in sums.items()}, "num_images": count}
         for name, sums in totals.items()
     }
+    result[CHANCE_BASELINE_KEY] = {"box_area_share": round(area_share_total / count, 4), "num_images": count}
+    result[SETTINGS_KEY] = {
+        "road_fraction": road_fraction,
+        "seed": seed,
+        "test_slices": len(rows),
+        "test_slices_with_box": len(with_box),
+    }
+    return result
 
 
-def write_faithfulness(run_dir: str | Path, scores: dict[str, dict[str, float]]) -> Path:
-    """Write the scores as ``faithfulness.json`` into the run folder and return its path."""
+def method_scores(scores: dict[str, dict]) -> dict[str, dict]:
+    """Return only the per-method entries of the contents of faithfulness.json."""
+    return {name: values for name, values in scores.items() if name not in (CHANCE_BASELINE_KEY, SETTINGS_KEY)}
+
+
+def write_faithfulness(run_dir: str | Path, scores: dict[str, dict], *, command: str | None = None) -> Path:
+    """Write the scores as ``faithfulness.json`` into the run folder and return its path.
+
+    ``command``, when given, is stored as ``settings.command``.
+    """
+    if command is not None:
+        scores = {**scores, SETTINGS_KEY: {**scores.get(SETTINGS_KEY, {}), "command": command}}
     path = Path(run_dir) / FAITHFULNESS_NAME
     path.write_text(json.dumps(scores, indent=2) + "\n")
     return path
@@ -338,11 +382,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    path = write_faithfulness(args.run_dir, scores)
+    arguments = sys.argv[1:] if argv is None else argv
+    path = write_faithfulness(
+        args.run_dir, scores, command=shlex.join(["python", "-m", "train.faithfulness", *arguments])
+    )
     print(f"{'method':20s} {'pointing':>9s} {'energy':>7s} {'road':>7s}")
-    for name, values in sorted(scores.items(), key=lambda item: -item[1]["energy_pointing"]):
+    for name, values in sorted(method_scores(scores).items(), key=lambda item: -item[1]["energy_pointing"]):
         print(f"{name:20s} {values['pointing_game']:9.1%} {values['energy_pointing']:7.1%} {values['road']:+7.3f}")
-    print(f"Wrote {path} ({next(iter(scores.values()))['num_images']} slices)")
+    chance = scores[CHANCE_BASELINE_KEY]
+    print(f"{'chance (box area)':20s} {chance['box_area_share']:9.1%} {chance['box_area_share']:7.1%} {'n/a':>7s}")
+    print(f"Wrote {path} ({chance['num_images']} slices)")
     return 0
 
 

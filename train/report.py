@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,10 @@ SPLIT_TITLES = {
     "group": "Group-aware split (no similarity group on two sides)",
 }
 SAVE_OPTIONS = {"metadata": {"Software": None}}
+# The entries of faithfulness.json that are not methods, as train.faithfulness writes them.
+CHANCE_BASELINE_KEY = "chance_baseline"
+FAITHFULNESS_SETTINGS_KEY = "settings"
+FAITHFULNESS_FIGURE = "faithfulness.png"
 
 
 def percent(value: float | None) -> str:
@@ -107,6 +112,186 @@ def plot_leakage_pairs(audit: dict, path: Path, *, count: int = 6) -> None:
     plt.close(figure)
 
 
+def method_scores(faithfulness: dict) -> dict[str, dict]:
+    """Return the per-method entries of a faithfulness.json, highest energy pointing first."""
+    methods = {
+        name: values
+        for name, values in faithfulness.items()
+        if name not in (CHANCE_BASELINE_KEY, FAITHFULNESS_SETTINGS_KEY)
+    }
+    return dict(sorted(methods.items(), key=lambda item: -item[1]["energy_pointing"]))
+
+
+def faithfulness_rows(faithfulness: dict) -> list[str]:
+    """Return the Markdown table of one run's faithfulness.json, with the chance baseline as its last row."""
+    chance = faithfulness.get(CHANCE_BASELINE_KEY)
+    rows = [
+        "| method | pointing game | energy pointing | energy pointing / chance | ROAD |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, values in method_scores(faithfulness).items():
+        ratio = (
+            f"{values['energy_pointing'] / chance['box_area_share']:.2f}x"
+            if chance and chance["box_area_share"] > 0
+            else "n/a"
+        )
+        rows.append(
+            f"| {name} | {percent(values['pointing_game'])} | {percent(values['energy_pointing'])} "
+            f"| {ratio} | {values['road']:+.4f} |"
+        )
+    if chance:
+        share = percent(chance["box_area_share"])
+        rows.append(f"| chance (box area share) | {share} | {share} | 1.00x | n/a |")
+    return rows
+
+
+def faithfulness_lines(results: list[RunResult]) -> list[str]:
+    """Return the "Grad-CAM faithfulness" section: one table per run that has a faithfulness.json."""
+    scored = [result for result in results if result.faithfulness]
+    lines = [
+        "## Grad-CAM faithfulness",
+        "",
+        "Each Grad-CAM method explains the predicted class of every test slice that has a tumor box "
+        "(`tumor_boxes.csv` of the dataset). Pointing game: share of slices whose map maximum lies in the "
+        "box. Energy pointing: mean share of the map's total value inside the box. ROAD: mean change of the "
+        "predicted class's probability after the most relevant input pixels are imputed (more negative "
+        "means a more faithful map). The chance row is the mean share of the image area inside the box: "
+        "a constant map gets it as energy pointing, and a map whose maximum falls on a uniformly random "
+        "pixel gets it as pointing game in expectation. ROAD has no chance value here.",
+        "",
+    ]
+    if not scored:
+        return lines + ["No run folder contains `faithfulness.json`. Write one with "
+                        "`python -m train.faithfulness --run-dir RUN_DIR`.", ""]
+    for result in scored:
+        settings = result.faithfulness.get(FAITHFULNESS_SETTINGS_KEY, {})
+        chance = result.faithfulness.get(CHANCE_BASELINE_KEY, {})
+        counted = chance.get("num_images") or next(iter(method_scores(result.faithfulness).values()))["num_images"]
+        scope = f"{counted} slices"
+        if "test_slices" in settings:
+            scope = f"{counted} of {settings['test_slices']} test slices"
+        if "road_fraction" in settings:
+            scope += f", ROAD imputes {settings['road_fraction']:.0%} of the input pixels"
+        lines += [
+            f"### {result.model}, {result.split} split",
+            "",
+            f"From `{result.run_dir / 'faithfulness.json'}` ({scope}), written by "
+            f"`{settings.get('command', '(command not recorded)')}`.",
+            "",
+            *faithfulness_rows(result.faithfulness),
+            "",
+        ]
+    unscored = [f"{result.model} ({result.split})" for result in results if not result.faithfulness]
+    if unscored:
+        lines += [f"Not measured (no `faithfulness.json` in the run folder): {', '.join(unscored)}.", ""]
+    lines += [f"![Pointing game and energy pointing per method, with each model's chance level]"
+              f"({FAITHFULNESS_FIGURE})", ""]
+    return lines
+
+
+def plot_faithfulness(results: list[RunResult], path: Path) -> bool:
+    """Draw grouped bars of pointing game and energy pointing per method, one bar per run, with chance lines.
+
+    Returns False, drawing nothing, when no run has a faithfulness.json.
+    """
+    scored = [result for result in results if result.faithfulness]
+    if not scored:
+        return False
+    methods = list(method_scores(scored[0].faithfulness))
+    methods += [name for result in scored[1:] for name in method_scores(result.faithfulness) if name not in methods]
+    width = 0.8 / len(scored)
+    panels = (
+        ("pointing_game", "Pointing game", "slices with the map maximum in the box (%)"),
+        ("energy_pointing", "Energy pointing", "share of the map's energy in the box (%)"),
+    )
+    figure, axes_pair = plt.subplots(1, 2, figsize=(11, 4.6), dpi=110)
+    for axes, (key, title, label) in zip(axes_pair, panels):
+        for index, result in enumerate(scored):
+            scores = method_scores(result.faithfulness)
+            values = [100 * scores[name][key] if name in scores else np.nan for name in methods]
+            offsets = np.arange(len(methods)) + (index - (len(scored) - 1) / 2) * width
+            color = f"C{index}"
+            axes.bar(offsets, values, width=width, color=color, alpha=0.55, label=f"{result.model} ({result.split})")
+            chance = result.faithfulness.get(CHANCE_BASELINE_KEY)
+            if chance:
+                # Drawn over the lighter bars in the same color, so each model's chance level stays visible.
+                axes.axhline(100 * chance["box_area_share"], color=color, linestyle="--", linewidth=1.5, zorder=3,
+                             label=f"chance, {result.model} ({result.split})")
+        axes.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        axes.set_title(title, fontsize=10)
+        axes.set_ylabel(label, fontsize=8)
+        axes.grid(axis="y", alpha=0.3)
+    handles, labels = axes_pair[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=2 * len(scored), fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.savefig(path, **SAVE_OPTIONS)
+    plt.close(figure)
+    return True
+
+
+def reliability_figure_name(result: RunResult) -> str:
+    return f"reliability_{result.run_dir.name}.png"
+
+
+def calibration_rows(results: list[RunResult]) -> list[str]:
+    """Return the Markdown table of the runs' calibration.json files, one row per calibrated run."""
+    rows = [
+        "| model | split | temperature | ECE before | ECE after | out-of-scope false alarms (test MRI) "
+        "| detected non-MRI images | command |",
+        "|" + " --- |" * 8,
+    ]
+    for result in results:
+        calibration = result.calibration
+        if not calibration:
+            continue
+        test, non_mri = calibration["test"], calibration["non_mri"]
+        false_alarms = round(test["false_alarm_rate"] * test["num_images"])
+        detected = sum(category["detected"] for category in non_mri["categories"].values())
+        rows.append(
+            f"| {result.model} | {result.split} | {calibration['temperature']:.4f} | {test['ece_before']:.4f} "
+            f"| {test['ece_after']:.4f} | {percent(test['false_alarm_rate'])} ({false_alarms} of {test['num_images']}) "
+            f"| {percent(non_mri['detection_rate'])} ({detected} of {non_mri['count']}) "
+            f"| `{calibration['calibrate_command']}` |"
+        )
+    return rows
+
+
+def calibration_lines(results: list[RunResult]) -> list[str]:
+    """Return the "Calibration and out-of-scope detection" section from the runs' calibration.json files."""
+    lines = [
+        "## Calibration and out-of-scope detection",
+        "",
+        "`python -m train.calibrate` fits a softmax temperature on the validation split and an out-of-scope "
+        "detector (squared Mahalanobis distance of the pooled features to the nearest class mean, threshold "
+        "set for 1% false alarms on validation slices). ECE is the expected calibration error on the test "
+        "split before and after temperature scaling. False alarms are test MRI slices flagged as out of "
+        "scope. The non-MRI images are generated or come from matplotlib's sample data "
+        "(`train.calibrate.non_mri_images`).",
+        "",
+    ]
+    calibrated = [result for result in results if result.calibration]
+    if not calibrated:
+        return lines + ["No run folder contains `calibration.json`. Write one with "
+                        "`python -m train.calibrate --run-dir RUN_DIR`.", ""]
+    bins = {result.calibration["test"]["ece_bins"] for result in calibrated}
+    categories = {name: None for result in calibrated for name in result.calibration["non_mri"]["categories"]}
+    lines += [
+        f"ECE uses {' or '.join(str(count) for count in sorted(bins))} equal-width confidence bins. "
+        f"Non-MRI categories: {', '.join(categories)}.",
+        "",
+        *calibration_rows(results),
+        "",
+    ]
+    uncalibrated = [f"{result.model} ({result.split})" for result in results if not result.calibration]
+    if uncalibrated:
+        lines += [f"Not calibrated (no `calibration.json` in the run folder): {', '.join(uncalibrated)}.", ""]
+    for result in calibrated:
+        if (result.run_dir / "reliability_diagram.png").is_file():
+            lines += [f"![Reliability diagram, {result.model}, {result.split} split]"
+                      f"({reliability_figure_name(result)})", ""]
+    return lines
+
+
 def summary_rows(results: list[RunResult]) -> list[str]:
     rows = [
         "| model | split | accuracy (95% CI) | balanced accuracy (95% CI) | macro F1 (95% CI) | "
@@ -155,6 +340,12 @@ def write_report(output_dir: Path, results: list[RunResult], differences: dict, 
     plot_accuracy_intervals(results, output_dir / "accuracy_intervals.png")
     for split, audit in audits.items():
         plot_leakage_pairs(audit, output_dir / f"leakage_{split}.png")
+    plot_faithfulness(results, output_dir / FAITHFULNESS_FIGURE)
+    for result in results:
+        diagram = result.run_dir / "reliability_diagram.png"
+        if result.calibration and diagram.is_file():
+            # A copy, because the ResNet50 run folders are not in version control.
+            shutil.copyfile(diagram, output_dir / reliability_figure_name(result))
 
     lines = [
         "# ResNet50 vs BrainCancerNet on brain tumor MRI slices",
@@ -190,6 +381,8 @@ def write_report(output_dir: Path, results: list[RunResult], differences: dict, 
         "",
         *cost_rows(results),
         "",
+        *calibration_lines(results),
+        *faithfulness_lines(results),
         "## Confusion matrices",
         "",
         "![Confusion matrices](confusion_matrices.png)",
@@ -232,6 +425,8 @@ def write_report(output_dir: Path, results: list[RunResult], differences: dict, 
             "hardware": result.history["hardware"],
             "num_parameters": result.num_parameters,
             "weights_megabytes": round(result.weights_megabytes, 2),
+            "faithfulness": result.faithfulness,
+            "calibration": calibration_summary(result.calibration),
         }
         for result in results
     ]
@@ -239,6 +434,20 @@ def write_report(output_dir: Path, results: list[RunResult], differences: dict, 
         json.dumps({"command": command, "results": summary, "differences": differences}, indent=2) + "\n"
     )
     return report
+
+
+def calibration_summary(calibration: dict | None) -> dict | None:
+    """Return the figures of a calibration.json that the report shows, or None for an uncalibrated run."""
+    if not calibration:
+        return None
+    return {
+        "temperature": calibration["temperature"],
+        "ece_before": calibration["test"]["ece_before"],
+        "ece_after": calibration["test"]["ece_after"],
+        "test_false_alarm_rate": calibration["test"]["false_alarm_rate"],
+        "non_mri_detection_rate": calibration["non_mri"]["detection_rate"],
+        "calibrate_command": calibration["calibrate_command"],
+    }
 
 
 README_START = "<!-- comparison:start -->"
