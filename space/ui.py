@@ -48,16 +48,15 @@ def _max_upload_bytes() -> int:
 MAX_UPLOAD_BYTES = _max_upload_bytes()
 
 # Requests processed at the same time, all models together. Predictor serializes inference per
-# model with a lock, and one inference already uses every thread torch is given, so a higher
-# limit does not classify faster. A limit of 2 lets one request's upload, decoding and gallery
-# encoding overlap with another's inference.
-# NOTE: chosen from that reasoning. Confirm it on an idle 2-core machine by comparing
-# `python benchmarks/load_test.py --concurrency-limit N` for N = 1, 2 and 4.
+# model with a lock, so a higher limit only lets uploads, decoding and gallery encoding overlap
+# with inference. On the 2-core development machine, 16 gradio_client clients sending 500
+# requests (benchmarks/load_test.py, results in benchmarks/README.md) completed 2.80 requests/s
+# at a limit of 1, 3.05 at 2 and 3.04 at 4, and only the run at 4 lost a request (a gallery
+# download cut off by the server).
 CONCURRENCY_LIMIT = 2
 # Requests that may wait for a free slot. Gradio 6.31 rejects any further request at once: the
 # browser shows "This application is currently busy. Please try again." and gradio_client raises
-# QueueError. At an estimated 0.5 s per request on 2 cores (BrainCancerNet at 192 px with the
-# default Grad-CAM gallery), the last of 32 waiting requests waits about 15 s.
+# QueueError. At the measured 3 requests/s, the last of 32 waiting requests waits about 11 s.
 MAX_QUEUE_SIZE = 32
 
 
