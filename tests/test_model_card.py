@@ -395,3 +395,35 @@ def test_card_names_partial_faithfulness_scope(measured_run_dir: Path) -> None:
     (measured_run_dir / "faithfulness.json").write_text(json.dumps(faithfulness))
     text = render_model_card(measured_run_dir).text
     assert "tumor boxes on 230 of the 460 test slices" in text
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RANDOM_SPLIT_RUNS = ["braincancernet", "resnet50"]
+
+
+@pytest.mark.parametrize("name", RANDOM_SPLIT_RUNS)
+def test_real_run_card_matches_files_and_snippet_runs(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Render the card of a real run folder and run its snippet against that folder.
+
+    ResNet50's run folders are too large to commit, so its case runs only where the folder was
+    trained or downloaded.
+    """
+    run_dir = REPO_ROOT / "space" / "models" / name
+    if not (run_dir / "metrics.json").is_file():
+        pytest.skip(f"{run_dir} is not on this machine (ResNet50 run folders are not committed)")
+    metrics = read_json(run_dir / "metrics.json")
+    card = render_model_card(run_dir)
+    values = metric_values(card)
+    assert values["accuracy"] == metrics["accuracy"]
+    assert values["f1"] == metrics["macro_f1"]
+
+    snippet = python_snippet(card)
+    assert f'from_pretrained("{run_dir}")' in snippet
+    monkeypatch.chdir(tmp_path)
+    Image.new("L", (300, 280), color=90).save(tmp_path / EXAMPLE_IMAGE_NAME)
+    namespace: dict = {}
+    exec(compile(snippet, "model_card_snippet", "exec"), namespace)
+    assert namespace["probs"].shape == (1, 3)
+    assert namespace["model"].label_names == LABELS
