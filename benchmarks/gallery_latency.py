@@ -57,6 +57,9 @@ SLICE_SIDE = 512
 GRADIENT_METHODS = tuple(name for name in DEFAULT_METHODS if not name.startswith("Eigen"))
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
 def synthetic_slice(seed: int, side: int = SLICE_SIDE) -> Image.Image:
     """Return a grayscale slice-like image: a noisy bright ellipse with a brighter blob placed by ``seed``."""
     rng = np.random.default_rng(seed)
@@ -113,22 +116,35 @@ def measure_gallery(classifier: BrainTumorClassifier, repeats: int) -> dict:
     }
 
 
-def measure_predict(predictor: Predictor, uploads: int) -> dict:
-    """Time ``predict`` with its gallery on ``uploads`` different PNG files and return p50 and p95."""
+def measure_predict(predictor: Predictor, uploads: int, images_dir: Path | None = None) -> dict:
+    """Time ``predict`` with its gallery on ``uploads`` different files and return p50 and p95.
+
+    The files are the first ``uploads`` images under ``images_dir``, else synthetic PNG slices.
+    A trained model flags synthetic slices as out of scope and then skips the gallery, so only
+    real slices time the gallery; ``with_gallery`` counts the uploads that got one.
+    """
     with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for index in range(uploads):
-            path = Path(folder) / f"upload-{index}.png"
-            synthetic_slice(seed=index + 1).save(path)
-            paths.append(path)
+        if images_dir is not None:
+            paths = sorted(path for path in images_dir.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)[:uploads]
+            if not paths:
+                raise ValueError(f"--images {images_dir} has no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        else:
+            paths = []
+            for index in range(uploads):
+                path = Path(folder) / f"upload-{index}.png"
+                synthetic_slice(seed=index + 1).save(path)
+                paths.append(path)
         predictor.predict(paths[0])  # warm-up
         latencies = []
+        with_gallery = 0
         for path in paths:
             started = time.perf_counter()
-            predictor.predict(path)
+            prediction = predictor.predict(path)
             latencies.append((time.perf_counter() - started) * 1000)
+            with_gallery += bool(prediction.gallery)
     return {
-        "uploads": uploads,
+        "uploads": len(paths),
+        "with_gallery": with_gallery,
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
         "p95_ms": round(float(np.percentile(latencies, 95)), 1),
     }
@@ -171,8 +187,13 @@ def main() -> int:
     parser.add_argument(
         "--architectures", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES), help="Models to time."
     )
+    parser.add_argument(
+        "--images", type=Path, default=None, help="Folder of real slices (searched recursively) for the predict timing. Default: synthetic slices."
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "gallery_latency.json")
     args = parser.parse_args()
+    if args.images is not None and not args.images.is_dir():
+        parser.error(f"--images {args.images} is not a folder. Pass a folder of MRI slices.")
     if args.uploads < 1 or args.repeats < 1:
         parser.error(f"--uploads and --repeats must be at least 1, got {args.uploads} and {args.repeats}.")
     model_dirs = parse_model_dirs(args.model_dir)
@@ -181,7 +202,7 @@ def main() -> int:
     for architecture in args.architectures:
         classifier, weights = load_classifier(architecture, model_dirs.get(architecture))
         gallery = measure_gallery(classifier, args.repeats)
-        predict = measure_predict(Predictor(classifier, name=architecture), args.uploads)
+        predict = measure_predict(Predictor(classifier, name=architecture), args.uploads, args.images)
         results.append(
             {
                 "architecture": architecture,
@@ -196,7 +217,7 @@ def main() -> int:
             f"{architecture:15s} gallery {gallery['median_ms']['gallery_shared']:8.1f} ms shared vs "
             f"{gallery['median_ms']['gallery_library']:8.1f} ms library ({gallery['gallery_ratio']}x, "
             f"maps {gallery['maps_ratio']}x, gradient maps {gallery['gradient_maps_ratio']}x); predict p50 "
-            f"{predict['p50_ms']} ms, p95 {predict['p95_ms']} ms",
+            f"{predict['p50_ms']} ms, p95 {predict['p95_ms']} ms ({predict['with_gallery']} of {predict['uploads']} with a gallery)",
             flush=True,
         )
 
@@ -216,6 +237,7 @@ def main() -> int:
             "grad_cam": importlib.metadata.version("grad-cam"),
         },
         "slice": f"{SLICE_SIDE} x {SLICE_SIDE} grayscale, synthetic",
+        "predict_uploads": "synthetic slices" if args.images is None else str(args.images),
         "repeats": args.repeats,
         "results": results,
     }

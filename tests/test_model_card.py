@@ -402,7 +402,7 @@ RANDOM_SPLIT_RUNS = ["braincancernet", "resnet50"]
 
 
 @pytest.mark.parametrize("name", RANDOM_SPLIT_RUNS)
-def test_real_run_card_matches_files_and_snippet_runs(
+def test_real_run_card_and_snippet(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Render the card of a real run folder and run its snippet against that folder.
