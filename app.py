@@ -195,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # launch() blocks until a KeyboardInterrupt and then closes the server, which deletes the cached
     # uploads and overlays. SIGTERM (sent by `docker stop` and most process managers) would end the
     # process without that cleanup, so it is turned into a KeyboardInterrupt while the server runs.
+    # NOTE: a manual SIGTERM stop of a server started with the default --cache-max-age once left
+    # its uploads in the cache folder, although tests/test_server_uploads.py sees them deleted.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
