@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # its uploads in the cache folder, although tests/test_server_uploads.py sees them deleted.
     # NOTE: after a SIGTERM stop (Gradio 6.31), the 8 gallery overlays of a finished request were
     # found in the cache folder with the stop's timestamp, so something writes them during
-    # shutdown, after the cleanup. The uploads themselves were gone. Cause not found yet.
+    # shutdown, after the cleanup. Another manual stop left the uploads. Cause not found yet.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
