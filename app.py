@@ -195,11 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # launch() blocks until a KeyboardInterrupt and then closes the server, which deletes the cached
     # uploads and overlays. SIGTERM (sent by `docker stop` and most process managers) would end the
     # process without that cleanup, so it is turned into a KeyboardInterrupt while the server runs.
-    # NOTE: a manual SIGTERM stop of a server started with the default --cache-max-age once left
-    # its uploads in the cache folder, although tests/test_server_uploads.py sees them deleted.
-    # NOTE: after a SIGTERM stop (Gradio 6.31), the 8 gallery overlays of a finished request were
-    # found in the cache folder with the stop's timestamp, so something writes them during
-    # shutdown, after the cleanup. Another manual stop left the uploads. Cause not found yet.
+    # NOTE: files stayed in the cache folder after two manual SIGTERM stops (Gradio 6.31): the
+    # uploads once, and once the last request's 8 gallery overlays, written again during the
+    # stop. tests/test_server_uploads.py, which runs with --cache-max-age 10, finds the cache
+    # empty. The cause is not known.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())

@@ -31,16 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load_test import (
-    ROOT,
-    app_command,
-    app_environment,
-    free_port,
-    machine_description,
-    rss_bytes,
-    synthetic_slice,
-    wait_until_ready,
-)
+from load_test import ROOT, app_environment, free_port, local_server, machine_description, rss_bytes, synthetic_slice
 
 # Runs in a fresh interpreter. It mirrors app.main and prints the phase times as one JSON line.
 BREAKDOWN_SCRIPT = r"""
@@ -83,15 +74,9 @@ def end_to_end(slice_path: Path, models: list[str], *, log_path: Path, timeout_s
     """Start app.py, wait for its page and its first two prediction responses, and return the times in seconds."""
     from gradio_client import Client, handle_file
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    with log_path.open("w") as log, tempfile.TemporaryDirectory(prefix="cold-start-downloads-") as downloads:
+    with tempfile.TemporaryDirectory(prefix="cold-start-downloads-") as downloads:
         started = time.perf_counter()
-        process = subprocess.Popen(
-            app_command(port, models, []), cwd=ROOT, env=app_environment(), stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            wait_until_ready(url, process, timeout_s=timeout_s)
+        with local_server(models, [], log_path=log_path, timeout_s=timeout_s) as (url, pid):
             page_served = time.perf_counter() - started
             client = Client(url, verbose=False, download_files=downloads, httpx_kwargs={"timeout": timeout_s})
             client.predict(handle_file(str(slice_path)), api_name="/predict")
@@ -99,14 +84,7 @@ def end_to_end(slice_path: Path, models: list[str], *, log_path: Path, timeout_s
             warm_started = time.perf_counter()
             client.predict(handle_file(str(slice_path)), api_name="/predict")
             warm_answer = time.perf_counter() - warm_started
-            rss = rss_bytes(process.pid)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            rss = rss_bytes(pid)
     # app.py logs each model's load time, which places the model load inside the total.
     model_loads = {match["source"]: float(match["seconds"]) for match in LOADED_PATTERN.finditer(log_path.read_text())}
     return {

@@ -121,7 +121,7 @@ def measure_predict(predictor: Predictor, uploads: int, images_dir: Path | None 
 
     The files are the first ``uploads`` images under ``images_dir``, else synthetic PNG slices.
     A trained model flags synthetic slices as out of scope and then skips the gallery, so only
-    real slices time the gallery; ``with_gallery`` counts the uploads that got one.
+    real slices time it. ``with_gallery`` counts the uploads that got a gallery.
     """
     with tempfile.TemporaryDirectory() as folder:
         if images_dir is not None:

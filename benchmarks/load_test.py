@@ -21,7 +21,7 @@ truncated PNG, random bytes named .jpg). Outcomes per request:
 - ``failed``: anything else (a good slice rejected, a timeout, a connection error).
 
 Before the run, the script loads the app's default model in its own process and predicts every
-good slice once: that reference answer is what the server must return under load. When the
+good slice once. The server must return that reference label under load. When the
 slices come in class subfolders, the reference's own mistakes against those labels are counted
 apart (``model_errors_against_folder_labels``), because they are errors of the model, not of
 the server. With ``--url`` pass ``--reference-model`` naming the server's default model.
@@ -168,7 +168,7 @@ class Sample:
     path: Path
     bad: bool
     label: str | None = None  # the known class of a good slice, from its folder name
-    expected: str | None = None  # the answer of the model run offline: a class or WITHHELD_LABEL
+    expected: str | None = None  # the label of the model run offline: a class or WITHHELD_LABEL
 
 
 def good_samples(images_dir: Path | None, folder: Path, *, count: int, rng: random.Random) -> list[Sample]:
@@ -194,7 +194,7 @@ def good_samples(images_dir: Path | None, folder: Path, *, count: int, rng: rand
 
 
 def with_reference_answers(samples: list[Sample], models: list[str]) -> list[Sample]:
-    """Return ``samples`` with the answer that the app's default model gives each offline."""
+    """Predict every sample offline with the app's default model and return the samples with that label."""
     sys.path.insert(0, str(ROOT))
     import app
 
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None, help="URL of a running app on 127.0.0.1. Default: start app.py.")
     parser.add_argument("--server-pid", type=int, default=None, help="Process id of the --url server, to read its RSS.")
     parser.add_argument("--model", action="append", default=None, help="--model option for the app.py this script starts (repeatable).")
-    parser.add_argument("--reference-model", action="append", default=None, help="Model that answers the good slices offline. Default: the app's default model (required with --url).")
+    parser.add_argument("--reference-model", action="append", default=None, help="Model that labels the good slices offline. Default: the app's default model (required with --url).")
     parser.add_argument("--concurrency-limit", type=int, default=None, help="--concurrency-limit for the app.py this script starts.")
     parser.add_argument("--max-queue-size", type=int, default=None, help="--max-queue-size for the app.py this script starts.")
     parser.add_argument("--timeout", type=float, default=300.0, help="Seconds one request may take. Default: 300.")

@@ -51,8 +51,8 @@ MAX_UPLOAD_BYTES = _max_upload_bytes()
 # model with a lock, so a higher limit only lets uploads, decoding and gallery encoding overlap
 # with inference. On the 2-core development machine, 16 gradio_client clients sending 500
 # requests (benchmarks/load_test.py, results in benchmarks/README.md) completed 2.80 requests/s
-# at a limit of 1, 3.05 at 2 and 3.04 at 4, and only the run at 4 lost a request (a gallery
-# download cut off by the server).
+# at a limit of 1, 3.05 at 2 and 3.04 at 4. Only the run at 4 lost a request, because the
+# server cut off a gallery download.
 CONCURRENCY_LIMIT = 2
 # Requests that may wait for a free slot. Gradio 6.31 rejects any further request at once: the
 # browser shows "This application is currently busy. Please try again." and gradio_client raises

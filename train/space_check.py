@@ -14,7 +14,7 @@ The app inherits this process's environment without ``PYTHONPATH``, ``PYTHONHOME
 ``VIRTUAL_ENV``, so it imports the Space folder's copies of the packages, never the checkout's.
 Set ``HF_HUB_OFFLINE=1`` for a folder whose models are all bundled, to prove that it needs no Hub
 access. Where an index of requirements.txt cannot be reached, pip retries 5 times for each
-package it looks up before it falls back to the other indexes; ``PIP_RETRIES=0`` shortens that.
+package it looks up before it falls back to the other indexes. ``PIP_RETRIES=0`` removes those retries.
 """
 
 from __future__ import annotations
