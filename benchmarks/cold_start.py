@@ -1,6 +1,6 @@
 """Cold start of the app: seconds from ``python app.py`` to its first prediction response, with a breakdown.
 
-    python benchmarks/cold_start.py [--repeats 3] [--model FOLDER_OR_ID ...] [--image SLICE]
+    python benchmarks/cold_start.py [--repeats 3] [--model FOLDER_OR_ID ...] [--image SLICE] [--baseline REV]
 
 Each repeat makes two measurements in fresh processes on 127.0.0.1:
 
@@ -15,11 +15,18 @@ Each repeat makes two measurements in fresh processes on 127.0.0.1:
 The two processes are separate runs, so their totals differ a little. Only the first repeat
 reads the files from disk if the OS has not cached them yet. Results go to
 ``benchmarks/results/cold_start.json``.
+
+``--baseline REV`` measures a before/after pair in one run: the script checks out the commit
+``REV`` into a temporary git worktree and runs both measurements there too, alternating with the
+working tree in every repeat (the order flips each repeat), so that both sides see the same
+machine load. Model folders given with ``--model`` are resolved against the current directory,
+so both sides serve the same model files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import re
@@ -30,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from load_test import ROOT, app_environment, free_port, local_server, machine_description, rss_bytes, synthetic_slice
 
@@ -70,13 +78,13 @@ print(json.dumps({"process_started": started, "phases": phases}))
 LOADED_PATTERN = re.compile(r"Loaded (?P<source>\S+) \(.*\) in (?P<seconds>[0-9.]+) s")
 
 
-def end_to_end(slice_path: Path, models: list[str], *, log_path: Path, timeout_s: float) -> dict:
+def end_to_end(slice_path: Path, models: list[str], *, log_path: Path, timeout_s: float, app_dir: Path = ROOT) -> dict:
     """Start app.py, wait for its page and its first two prediction responses, and return the times in seconds."""
     from gradio_client import Client, handle_file
 
     with tempfile.TemporaryDirectory(prefix="cold-start-downloads-") as downloads:
         started = time.perf_counter()
-        with local_server(models, [], log_path=log_path, timeout_s=timeout_s) as (url, pid):
+        with local_server(models, [], log_path=log_path, timeout_s=timeout_s, app_dir=app_dir) as (url, pid):
             page_served = time.perf_counter() - started
             client = Client(url, verbose=False, download_files=downloads, httpx_kwargs={"timeout": timeout_s})
             client.predict(handle_file(str(slice_path)), api_name="/predict")
@@ -96,13 +104,13 @@ def end_to_end(slice_path: Path, models: list[str], *, log_path: Path, timeout_s
     }
 
 
-def breakdown(slice_path: Path, models: list[str], *, timeout_s: float) -> dict:
-    """Run BREAKDOWN_SCRIPT in a fresh interpreter and return its phase times in seconds."""
+def breakdown(slice_path: Path, models: list[str], *, timeout_s: float, app_dir: Path = ROOT) -> dict:
+    """Run BREAKDOWN_SCRIPT in a fresh interpreter in ``app_dir`` and return its phase times in seconds."""
     model_options = [option for model in models for option in ("--model", model)]
     command = [sys.executable, "-c", BREAKDOWN_SCRIPT, str(slice_path), "--port", str(free_port()), *model_options]
     started = time.time()
     completed = subprocess.run(
-        command, cwd=ROOT, env=app_environment(), capture_output=True, text=True, timeout=timeout_s
+        command, cwd=app_dir, env=app_environment(), capture_output=True, text=True, timeout=timeout_s
     )
     if completed.returncode != 0:
         raise RuntimeError(f"the breakdown run failed with status {completed.returncode}:\n{completed.stderr[-3000:]}")
@@ -123,6 +131,62 @@ def median_of(runs: list[dict], *keys: str) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
+@contextlib.contextmanager
+def baseline_checkout(revision: str) -> Iterator[tuple[Path, str]]:
+    """Check out ``revision`` into a temporary git worktree; yield its folder and full commit id, then remove it.
+
+    Raises RuntimeError with git's message when the revision or the worktree cannot be made.
+    """
+
+    def git(*arguments: str) -> str:
+        completed = subprocess.run(["git", "-C", str(ROOT), *arguments], capture_output=True, text=True)
+        if completed.returncode != 0:
+            raise RuntimeError(f"git {' '.join(arguments)} failed: {completed.stderr.strip()}")
+        return completed.stdout.strip()
+
+    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
+    with tempfile.TemporaryDirectory(prefix="cold-start-baseline-") as parent:
+        folder = Path(parent) / "checkout"
+        git("worktree", "add", "--detach", str(folder), commit)
+        try:
+            yield folder, commit
+        finally:
+            git("worktree", "remove", "--force", str(folder))
+
+
+def working_tree_commit() -> str | None:
+    """Return the commit checked out in this repository, marked ``+changes`` when files differ from it."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+
+
+def resolve_models(models: list[str]) -> list[str]:
+    """Return ``models`` with existing folders made absolute, so that another checkout serves the same files."""
+    return [str(Path(model).resolve()) if Path(model).is_dir() else model for model in models]
+
+
+def medians(runs: list[dict]) -> dict:
+    """Return the medians of the end-to-end times and breakdown phases of ``runs``."""
+    phase_names = list(runs[0]["breakdown"]["phases_s"])
+    return {
+        "first_answer_s": median_of(runs, "end_to_end", "first_answer_s"),
+        "page_served_s": median_of(runs, "end_to_end", "page_served_s"),
+        "warm_answer_s": median_of(runs, "end_to_end", "warm_answer_s"),
+        "breakdown_s": {name: median_of(runs, "breakdown", "phases_s", name) for name in phase_names},
+    }
+
+
+def measure(slice_path: Path, models: list[str], *, app_dir: Path, log_path: Path, timeout_s: float) -> dict:
+    """Run one end-to-end measurement and one breakdown of the checkout in ``app_dir``."""
+    return {
+        "end_to_end": end_to_end(slice_path, models, log_path=log_path, timeout_s=timeout_s, app_dir=app_dir),
+        "breakdown": breakdown(slice_path, models, timeout_s=timeout_s, app_dir=app_dir),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Time the app from process start to its first prediction response.")
     parser.add_argument("--repeats", type=int, default=3, help="Measurements of each kind. Default: 3.")
@@ -134,16 +198,23 @@ def main(argv: list[str] | None = None) -> int:
         help="Slice to send. Default: a synthetic slice, which the bundled model flags as out of scope and "
         "therefore answers without a Grad-CAM gallery.",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        default=None,
+        help="Git commit or branch to measure as well, alternating with the working tree, for a "
+        "before/after pair. Default: measure the working tree only.",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="Seconds one measurement may take. Default: 900.")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json", help="Results file.")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1.")
-    models = args.model or []
+    models = resolve_models(args.model or [])
     log_path = Path(tempfile.gettempdir()) / "cold_start_server.log"
 
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="cold-start-inputs-") as folder:
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="cold-start-inputs-"))
         if args.image is not None:
             if not args.image.is_file():
                 parser.error(f"--image {args.image} is not a file. Pass the path of an MRI slice.")
@@ -151,35 +222,49 @@ def main(argv: list[str] | None = None) -> int:
         else:
             slice_path = Path(folder) / "slice.png"
             synthetic_slice(random.Random(0)).save(slice_path)
-        for repeat in range(args.repeats):
+        checkouts = {"current": ROOT}
+        baseline_commit = None
+        if args.baseline is not None:
             try:
-                run = {
-                    "end_to_end": end_to_end(slice_path, models, log_path=log_path, timeout_s=args.timeout),
-                    "breakdown": breakdown(slice_path, models, timeout_s=args.timeout),
-                }
-            except (RuntimeError, subprocess.TimeoutExpired) as error:
-                print(f"error: {error}\nThe app's output is in {log_path}.", file=sys.stderr)
-                return 2
-            print(f"repeat {repeat + 1}: {json.dumps(run)}")
-            runs.append(run)
+                checkouts["baseline"], baseline_commit = stack.enter_context(baseline_checkout(args.baseline))
+            except RuntimeError as error:
+                parser.error(f"--baseline {args.baseline}: {error}")
+        runs: dict[str, list[dict]] = {name: [] for name in checkouts}
+        for repeat in range(args.repeats):
+            # Flipping the order every repeat keeps a warming disk cache or a drifting load from
+            # favouring one side.
+            order = list(checkouts) if repeat % 2 == 0 else list(reversed(checkouts))
+            for name in order:
+                try:
+                    run = measure(slice_path, models, app_dir=checkouts[name], log_path=log_path, timeout_s=args.timeout)
+                except (RuntimeError, subprocess.TimeoutExpired) as error:
+                    print(f"error: {error}\nThe app's output is in {log_path}.", file=sys.stderr)
+                    return 2
+                print(f"repeat {repeat + 1}, {name}: {json.dumps(run)}")
+                runs[name].append(run)
 
-    phase_names = list(runs[0]["breakdown"]["phases_s"])
     record = {
         "command": shlex.join(["python", "benchmarks/cold_start.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine_description(),
         "models": models or "app.py default",
         "image": str(args.image) if args.image is not None else "synthetic slice",
-        "median": {
-            "first_answer_s": median_of(runs, "end_to_end", "first_answer_s"),
-            "page_served_s": median_of(runs, "end_to_end", "page_served_s"),
-            "warm_answer_s": median_of(runs, "end_to_end", "warm_answer_s"),
-            "breakdown_s": {name: median_of(runs, "breakdown", "phases_s", name) for name in phase_names},
-        },
-        "runs": runs,
+        "commit": working_tree_commit(),
+        "median": medians(runs["current"]),
+        "runs": runs["current"],
     }
+    if baseline_commit is not None:
+        record["baseline"] = {
+            "revision": args.baseline,
+            "commit": baseline_commit,
+            "median": medians(runs["baseline"]),
+            "runs": runs["baseline"],
+        }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record["median"], indent=2))
+    summary = {"current": record["median"]}
+    if baseline_commit is not None:
+        summary["baseline"] = record["baseline"]["median"]
+    print(json.dumps(summary, indent=2))
     print(f"Wrote {args.output}")
     return 0
 

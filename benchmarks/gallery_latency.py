@@ -11,7 +11,9 @@ For each architecture (BrainCancerNet at 192 px, ResNet50 at 128 px; random weig
    medians is reported, also for the maps alone and for the gradient-based methods alone (without
    EigenCAM and EigenGradCAM, whose full SVD dominates the library's time for ResNet50);
 2. the p50 and p95 latency of ``Predictor.predict`` (classification plus gallery) over
-   ``--uploads`` different 512 x 512 grayscale PNG files.
+   ``--uploads`` different 512 x 512 grayscale PNG files;
+3. the time and size of encoding that gallery's overlays in each file format the app could send
+   (Gradio encodes every gallery image before it answers), timed alternately like 1.
 
 Each variant runs in this process, one after the other, so another load on the machine slows
 both sides of a ratio alike only when it is steady. The record stores the load average.
@@ -116,6 +118,29 @@ def measure_gallery(classifier: BrainTumorClassifier, repeats: int) -> dict:
     }
 
 
+ENCODING_FORMATS = ("png", "webp", "jpeg")
+
+
+def measure_encoding(classifier: BrainTumorClassifier, repeats: int) -> dict:
+    """Time Gradio's encoding of one slice's gallery overlays in each of ENCODING_FORMATS."""
+    from gradio.processing_utils import encode_pil_to_bytes
+
+    image = synthetic_slice(seed=0)
+    target = int(classifier.predict_proba([image])[0].argmax())
+    overlays = [Image.fromarray(result.overlay) for result in explain_image(classifier, image, target_class=target)]
+
+    def encoder(file_format: str) -> Callable[[], list[bytes]]:
+        return lambda: [encode_pil_to_bytes(overlay, file_format) for overlay in overlays]
+
+    medians = alternate({file_format: encoder(file_format) for file_format in ENCODING_FORMATS}, repeats)
+    sizes = {file_format: sum(map(len, encoder(file_format)())) for file_format in ENCODING_FORMATS}
+    return {
+        "overlays": len(overlays),
+        "median_ms": medians,
+        "total_kib": {file_format: round(size / 1024) for file_format, size in sizes.items()},
+    }
+
+
 def measure_predict(predictor: Predictor, uploads: int, images_dir: Path | None = None) -> dict:
     """Time ``predict`` with its gallery on ``uploads`` different files and return p50 and p95.
 
@@ -203,6 +228,7 @@ def main() -> int:
         classifier, weights = load_classifier(architecture, model_dirs.get(architecture))
         gallery = measure_gallery(classifier, args.repeats)
         predict = measure_predict(Predictor(classifier, name=architecture), args.uploads, args.images)
+        encoding = measure_encoding(classifier, args.repeats)
         results.append(
             {
                 "architecture": architecture,
@@ -211,13 +237,17 @@ def main() -> int:
                 "methods": list(DEFAULT_METHODS),
                 **gallery,
                 "predict_with_gallery": predict,
+                "gallery_encoding": encoding,
             }
         )
         print(
             f"{architecture:15s} gallery {gallery['median_ms']['gallery_shared']:8.1f} ms shared vs "
             f"{gallery['median_ms']['gallery_library']:8.1f} ms library ({gallery['gallery_ratio']}x, "
             f"maps {gallery['maps_ratio']}x, gradient maps {gallery['gradient_maps_ratio']}x); predict p50 "
-            f"{predict['p50_ms']} ms, p95 {predict['p95_ms']} ms ({predict['with_gallery']} of {predict['uploads']} with a gallery)",
+            f"{predict['p50_ms']} ms, p95 {predict['p95_ms']} ms ({predict['with_gallery']} of {predict['uploads']} with a gallery); encoding "
+            + ", ".join(
+                f"{name} {encoding['median_ms'][name]} ms {encoding['total_kib'][name]} KiB" for name in ENCODING_FORMATS
+            ),
             flush=True,
         )
 

@@ -104,9 +104,9 @@ def wait_until_ready(url: str, process: subprocess.Popen | None, *, timeout_s: f
     raise RuntimeError(f"the app did not serve {url} within {timeout_s:.0f} s")
 
 
-def app_command(port: int, models: list[str], extra: list[str]) -> list[str]:
-    """Return the command line that starts app.py on 127.0.0.1:``port``."""
-    command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
+def app_command(port: int, models: list[str], extra: list[str], *, app_dir: Path = ROOT) -> list[str]:
+    """Return the command line that starts ``app_dir``/app.py on 127.0.0.1:``port``."""
+    command = [sys.executable, str(app_dir / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
     for model in models:
         command += ["--model", model]
     return command + extra
@@ -118,13 +118,22 @@ def app_environment() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def local_server(models: list[str], extra: list[str], *, log_path: Path, timeout_s: float) -> Iterator[tuple[str, int]]:
-    """Start app.py on a free port of 127.0.0.1, yield its URL and process id, and stop it on exit."""
+def local_server(
+    models: list[str], extra: list[str], *, log_path: Path, timeout_s: float, app_dir: Path = ROOT
+) -> Iterator[tuple[str, int]]:
+    """Start ``app_dir``/app.py on a free port of 127.0.0.1, yield its URL and process id, and stop it on exit.
+
+    ``app_dir`` is a checkout of this repository; the default is the one this script belongs to.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            app_command(port, models, extra), cwd=ROOT, env=app_environment(), stdout=log, stderr=subprocess.STDOUT
+            app_command(port, models, extra, app_dir=app_dir),
+            cwd=app_dir,
+            env=app_environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_until_ready(url, process, timeout_s=timeout_s)

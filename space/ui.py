@@ -28,6 +28,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+# Gradio encodes every gallery image before it sends the response. PNG encoding of the 8 overlays
+# of a 512 px slice took longer than the prediction, whereas JPEG at Pillow's default quality is
+# far faster and smaller and keeps the colour maps and captions readable. The figures are in
+# benchmarks/README.md (gallery encoding, cold start).
+GALLERY_FORMAT = "jpeg"
+
+
 def _max_upload_bytes() -> int:
     # image_io (the upload decoder) owns the size limit when it is installed. Older versions of
     # the package have no image_io, and then the app uses the same 20 MiB.
@@ -247,7 +254,7 @@ def build_demo(
                 notes = gr.Markdown("", elem_id="notes")
                 model_line = gr.Markdown(_describe(predictors[default_model], answered=False), elem_id="model-line")
         gallery = gr.Gallery(
-            label="Grad-CAM overlays for the top class", columns=4, format="png", object_fit="contain", elem_id="gallery"
+            label="Grad-CAM overlays for the top class", columns=4, format=GALLERY_FORMAT, object_fit="contain", elem_id="gallery"
         )
         if examples:
             gr.Examples(examples=examples, inputs=image, label="Example slices")
