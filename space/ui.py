@@ -251,8 +251,11 @@ def build_demo(
             with gr.Column():
                 max_labels = max(len(predictor.label_names) for predictor in predictors.values())
                 probabilities = gr.Label(label="Class probabilities", num_top_classes=max_labels, elem_id="probabilities")
-                notes = gr.Markdown("", elem_id="notes")
-                model_line = gr.Markdown(_describe(predictors[default_model], answered=False), elem_id="model-line")
+                # Markdown shows no label, but the label names the output in the API description.
+                notes = gr.Markdown("", label="Notes", elem_id="notes")
+                model_line = gr.Markdown(
+                    _describe(predictors[default_model], answered=False), label="Model", elem_id="model-line"
+                )
         gallery = gr.Gallery(
             label="Grad-CAM overlays for the top class", columns=4, format=GALLERY_FORMAT, object_fit="contain", elem_id="gallery"
         )

@@ -207,6 +207,19 @@ def test_demo_queue_is_bounded(predictor):
     assert demo._queue.default_concurrency_limit == ui.CONCURRENCY_LIMIT
 
 
+def test_api_outputs_have_names(predictor):
+    demo = build_demo(predictor)
+
+    returns = demo.get_api_info()["named_endpoints"]["/predict"]["returns"]
+
+    assert [output["label"] for output in returns] == [
+        "Class probabilities",
+        "Grad-CAM overlays for the top class",
+        "Model",
+        "Notes",
+    ]
+
+
 class _BlockingPredictor(Predictor):
     """A Predictor whose predictions wait until the test releases them."""
 
