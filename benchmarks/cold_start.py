@@ -8,9 +8,10 @@ Each repeat makes two measurements in fresh processes on 127.0.0.1:
    one slice (``--image``, else a synthetic slice) through gradio_client and time the response, then a second one for the
    warm latency. The clock runs from just before the process is started.
 2. Breakdown: a second fresh process runs the steps of ``app.main`` one by one and times them:
-   interpreter start, importing gradio, importing app (torch, timm, the package), loading the
-   models, building the interface, launching the server, the first prediction in the process
-   (cold) and a second one (warm).
+   interpreter start, importing gradio, importing the model code (torch, timm, pytorch-grad-cam,
+   the package), importing app, loading the models, building the interface, launching the server,
+   the first prediction in the process (cold) and a second one (warm). The steps run one after
+   the other, so the breakdown does not show what app.main does in parallel.
 
 The two processes are separate runs, so their totals differ a little. Only the first repeat
 reads the files from disk if the OS has not cached them yet. Results go to
@@ -41,7 +42,8 @@ from typing import Iterator
 
 from load_test import ROOT, app_environment, free_port, local_server, machine_description, rss_bytes, synthetic_slice
 
-# Runs in a fresh interpreter. It mirrors app.main and prints the phase times as one JSON line.
+# Runs in a fresh interpreter. It takes app.main's steps one after the other in one thread (app.main
+# imports the model code in a second thread) and prints the phase times as one JSON line.
 BREAKDOWN_SCRIPT = r"""
 import json, sys, time
 started = time.time()
@@ -56,13 +58,15 @@ def mark(name):
 
 import gradio
 mark("import_gradio")
+import brain_tumor_classifier.predictor
+mark("import_model_code")
 import app
-from space.ui import launch_options
+from space.ui import build_demo, launch_options
 mark("import_app")
 args = app.parse_args(sys.argv[2:])
 predictors = app.load_predictors(app.model_sources(args))
 mark("load_models")
-demo = app.build_demo(predictors, default_model=next(iter(predictors)), examples_dir=args.examples_dir)
+demo = build_demo(predictors, default_model=next(iter(predictors)), examples_dir=args.examples_dir)
 mark("build_interface")
 demo.launch(server_name="127.0.0.1", server_port=args.port, prevent_thread_lock=True, quiet=True, **launch_options())
 mark("launch_server")
