@@ -12,23 +12,27 @@ The server binds 127.0.0.1 unless ``--host`` or the ``GRADIO_SERVER_NAME`` envir
 variable names another address (Hugging Face Spaces sets it to 0.0.0.0). Importing this
 module loads no model and starts nothing.
 
-Uploads and rendered overlays stay in Gradio's cache folder (``$GRADIO_TEMP_DIR``, else
-``gradio`` under the system temporary folder) until they are ``--cache-max-age`` seconds old,
-and the rest is deleted when the server stops on Ctrl+C or SIGTERM.
+Uploads and rendered overlays stay in a cache folder of this process, made inside Gradio's
+(``$GRADIO_TEMP_DIR``, else ``gradio`` under the system temporary folder), until they are
+``--cache-max-age`` seconds old. The folder is deleted when the server stops on Ctrl+C or
+SIGTERM, but not when the process is killed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from space.model_choice import discover_run_folders, rank_run_folders, read_comparison
 
@@ -46,6 +50,7 @@ COMPARISON_REPORT = REPO_ROOT / "reports" / "comparison.json"
 APP_CONFIG = REPO_ROOT / "space" / "app_config.json"
 DEFAULT_EXAMPLES_DIR = REPO_ROOT / "space" / "examples"
 MODEL_ENV_VAR = "BRAIN_TUMOR_MODEL"
+CACHE_ENV_VAR = "GRADIO_TEMP_DIR"
 
 
 # The module that pulls in PyTorch, timm and pytorch-grad-cam, which main imports in a second thread.
@@ -186,6 +191,30 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks:
     )
 
 
+@contextlib.contextmanager
+def private_cache_folder() -> Iterator[Path]:
+    """Point Gradio's cache at a new folder inside its usual one, and delete that folder on exit.
+
+    Gradio deletes its cached files itself only when its server thread shuts down within the
+    5 s that ``gradio.http_server.Server.close`` waits for it (Gradio 6.31), and an open browser
+    tab keeps that shutdown waiting longer. A folder of its own lets this process delete its
+    uploads in any case.
+    """
+    previous = os.environ.get(CACHE_ENV_VAR)
+    root = Path(previous or Path(tempfile.gettempdir()) / "gradio")
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="brain-tumor-demo-", dir=root))
+    os.environ[CACHE_ENV_VAR] = str(folder)
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_ENV_VAR, None)
+        else:
+            os.environ[CACHE_ENV_VAR] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -210,29 +239,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request Gradio makes to itself at INFO level.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        demo = create_demo(args)
-    except (OSError, ValueError) as error:
-        # Missing folders, incomplete exports and mismatched weights are user errors with
-        # messages that name the fix, so they are printed without a traceback.
-        logger.debug("Startup failed", exc_info=True)
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from space.ui import launch_options
+    with private_cache_folder():
+        try:
+            demo = create_demo(args)
+        except (OSError, ValueError) as error:
+            # Missing folders, incomplete exports and mismatched weights are user errors with
+            # messages that name the fix, so they are printed without a traceback.
+            logger.debug("Startup failed", exc_info=True)
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        from space.ui import launch_options
 
-    logger.info("Starting the demo on %s", args.host)
-    # launch() blocks until a KeyboardInterrupt and then closes the server, which deletes the cached
-    # uploads and overlays. SIGTERM (sent by `docker stop` and most process managers) would end the
-    # process without that cleanup, so it is turned into a KeyboardInterrupt while the server runs.
-    # NOTE: files stayed in the cache folder after two manual SIGTERM stops (Gradio 6.31): the
-    # uploads once, and once the last request's 8 gallery overlays, written again during the
-    # stop. tests/test_server_uploads.py, which runs with --cache-max-age 10, finds the cache
-    # empty. The cause is not known.
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        logger.info("Starting the demo on %s", args.host)
+        # launch() blocks until a KeyboardInterrupt and then closes the server. SIGTERM (sent by
+        # `docker stop` and most process managers) would end the process without deleting the
+        # cache folder, so it is turned into a KeyboardInterrupt while the server runs.
+        previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
     logger.info("Stopped the demo")
     return 0
 

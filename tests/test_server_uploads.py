@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,12 +374,26 @@ def test_uploads_deleted_after_max_age(server, client, tmp_path):
     assert server.cached_files() == [], "uploads and overlays must be deleted once older than the maximum age"
 
 
+def _hold_heartbeat(url: str, opened: threading.Event) -> None:
+    # An open browser tab keeps this stream open, which delays Gradio's own shutdown.
+    try:
+        with httpx.stream("GET", url + "gradio_api/heartbeat/stop-check", timeout=120) as response:
+            opened.set()
+            for _ in response.iter_bytes():
+                pass
+    except httpx.HTTPError:
+        pass
+
+
 def test_stop_deletes_cache(server, client, tmp_path):
     # Stops the module's server, so it must stay the last test of the module.
     path = tmp_path / "shutdown-check.png"
     Image.new("L", (32, 32), 90).save(path)
     _classify(client, path)
     assert [cached for cached in server.cached_files() if cached.name == path.name], "the upload was not cached"
+    opened = threading.Event()
+    threading.Thread(target=_hold_heartbeat, args=(server.url, opened), daemon=True).start()
+    assert opened.wait(timeout=30), "the heartbeat stream did not open"
 
     status = server.stop()
 
