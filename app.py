@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -30,16 +29,14 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
+import gradio as gr
+
+from brain_tumor_classifier.predictor import Predictor
 from space.model_choice import discover_run_folders, rank_run_folders, read_comparison
-
-if TYPE_CHECKING:
-    import gradio as gr
-
-    from brain_tumor_classifier.predictor import Predictor
+from space.ui import CONCURRENCY_LIMIT, DEFAULT_CACHE_MAX_AGE_S, MAX_QUEUE_SIZE, build_demo, launch_options
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +50,8 @@ MODEL_ENV_VAR = "BRAIN_TUMOR_MODEL"
 CACHE_ENV_VAR = "GRADIO_TEMP_DIR"
 
 
-# The module that pulls in PyTorch, timm and pytorch-grad-cam, which main imports in a second thread.
-MODEL_CODE_MODULE = "brain_tumor_classifier.predictor"
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line. ``model`` stays None unless ``--model`` is given."""
-    from space.ui import CONCURRENCY_LIMIT, DEFAULT_CACHE_MAX_AGE_S, MAX_QUEUE_SIZE
-
     parser = argparse.ArgumentParser(description="Serve the brain tumor MRI classifier with Grad-CAM overlays.")
     parser.add_argument(
         "--model",
@@ -164,8 +155,6 @@ def model_sources(
 
 def load_predictors(sources: Sequence[str]) -> dict[str, Predictor]:
     """Load one predictor per model source, keyed by a name that is unique in the model menu."""
-    from brain_tumor_classifier.predictor import Predictor
-
     predictors: dict[str, Predictor] = {}
     for source in sources:
         predictor = Predictor.from_pretrained(source)
@@ -177,8 +166,6 @@ def load_predictors(sources: Sequence[str]) -> dict[str, Predictor]:
 
 def create_demo(args: argparse.Namespace) -> gr.Blocks:
     """Load the models that ``args`` and the defaults name, and build the interface without launching it."""
-    from space.ui import build_demo
-
     predictors = load_predictors(model_sources(args))
     # load_predictors keeps the order of the sources, so the first model is the default.
     return build_demo(
@@ -219,22 +206,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _import_model_code() -> None:
-    try:
-        importlib.import_module(MODEL_CODE_MODULE)
-    except Exception:
-        # The main thread imports the module again when it loads the models, and that import
-        # raises the same error with its traceback.
-        logger.debug("Importing %s in the background failed", MODEL_CODE_MODULE, exc_info=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the server and block until it stops. Returns the process exit status."""
-    # Importing Gradio and importing the model code each take seconds. A second thread imports
-    # the model code meanwhile, which shortens the start on a machine with two or more cores
-    # (benchmarks/README.md, cold start). Python's import locks make the main thread wait for
-    # any module that the other thread is still importing.
-    threading.Thread(target=_import_model_code, name="import-model-code", daemon=True).start()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request Gradio makes to itself at INFO level.
@@ -248,8 +221,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.debug("Startup failed", exc_info=True)
             print(f"error: {error}", file=sys.stderr)
             return 2
-        from space.ui import launch_options
-
         logger.info("Starting the demo on %s", args.host)
         # launch() blocks until a KeyboardInterrupt and then closes the server. SIGTERM (sent by
         # `docker stop` and most process managers) would end the process without deleting the

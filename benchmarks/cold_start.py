@@ -10,8 +10,7 @@ Each repeat makes two measurements in fresh processes on 127.0.0.1:
 2. Breakdown: a second fresh process runs the steps of ``app.main`` one by one and times them:
    interpreter start, importing gradio, importing the model code (torch, timm, pytorch-grad-cam,
    the package), importing app, loading the models, building the interface, launching the server,
-   the first prediction in the process (cold) and a second one (warm). The steps run one after
-   the other, so the breakdown does not show what app.main does in parallel.
+   the first prediction in the process (cold) and a second one (warm).
 
 The two processes are separate runs, so their totals differ a little. Only the first repeat
 reads the files from disk if the OS has not cached them yet. Results go to
@@ -42,8 +41,7 @@ from typing import Iterator
 
 from load_test import ROOT, app_environment, free_port, local_server, machine_description, rss_bytes, synthetic_slice
 
-# Runs in a fresh interpreter. It takes app.main's steps one after the other in one thread (app.main
-# imports the model code in a second thread) and prints the phase times as one JSON line.
+# Runs in a fresh interpreter. It mirrors app.main and prints the phase times as one JSON line.
 BREAKDOWN_SCRIPT = r"""
 import json, sys, time
 started = time.time()

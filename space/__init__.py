@@ -1,5 +1,5 @@
-"""The Gradio app for the brain tumor classifier (also the Hugging Face Space).
+"""The Gradio app for the brain tumor classifier (also the Hugging Face Space)."""
 
-``space.ui`` builds the interface and ``space.model_choice`` picks the models to serve. Importing
-this package imports neither, so ``app.py`` can read its options before Gradio and PyTorch load.
-"""
+from .ui import DISCLAIMER, build_demo, example_images
+
+__all__ = ["DISCLAIMER", "build_demo", "example_images"]
