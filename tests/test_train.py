@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from brain_tumor_classifier import BrainTumorClassifier
+from train import training
 from train.__main__ import main as train_main
 from train.data import load_labeled_images, read_manifest_split, stratified_split
 from train.evaluate import main as evaluate_main
@@ -123,3 +125,27 @@ def test_mixup_and_cutmix_train_with_soft_targets(tiny_imagefolder, tmp_path):
     assert exit_code == 0
     assert np.isfinite(history["epochs"][0]["train_loss"])
     assert (recorded["mixup_alpha"], recorded["cutmix_alpha"]) == (0.2, 1.0)
+
+
+def test_bf16_run_scores_test_in_float32(tiny_imagefolder, tmp_path, monkeypatch):
+    # The app and train.evaluate run the export in float32, so the recorded test metrics must too.
+    conv_output_dtypes = []
+    score = training.predict_pixels
+
+    def recording_score(classifier, pixels, **options):
+        first_conv = next(module for module in classifier.modules() if isinstance(module, torch.nn.Conv2d))
+        hook = first_conv.register_forward_hook(lambda module, inputs, output: conv_output_dtypes.append(output.dtype))
+        try:
+            return score(classifier, pixels, **options)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(training, "predict_pixels", recording_score)
+    exit_code = train_main(
+        ["--dataset", str(tiny_imagefolder), "--output-dir", str(tmp_path), "--epochs", "1",
+         "--image-size", "32", "--batch-size", "8", "--eval-batch-size", "8", "--mixed-precision", "bf16"]
+    )
+
+    assert exit_code == 0
+    assert conv_output_dtypes
+    assert set(conv_output_dtypes) == {torch.float32}

@@ -306,6 +306,9 @@ def run_training(config: TrainConfig) -> dict:
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {}
+    # prepare() wrapped the model's forward in bf16 autocast when mixed precision is on. The export
+    # runs in float32 wherever it is loaded, so the test split is scored without that wrapper.
+    classifier = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     return finish_run(config, output_dir, classifier, best_weights, state, data, describe_hardware(accelerator))
 
 
