@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from PIL import Image
 
 from brain_tumor_classifier import BrainTumorClassifier
@@ -127,7 +128,15 @@ def test_mixup_and_cutmix_train_with_soft_targets(tiny_imagefolder, tmp_path):
     assert (recorded["mixup_alpha"], recorded["cutmix_alpha"]) == (0.2, 1.0)
 
 
-def test_bf16_run_scores_test_in_float32(tiny_imagefolder, tmp_path, monkeypatch):
+@pytest.fixture
+def fresh_accelerator_state():
+    """Forget Accelerate's process-wide state, which keeps the first run's mixed precision."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_run_scores_test_in_float32(tiny_imagefolder, tmp_path, monkeypatch, fresh_accelerator_state):
     # The app and train.evaluate run the export in float32, so the recorded test metrics must too.
     conv_output_dtypes = []
     score = training.predict_pixels
