@@ -122,7 +122,9 @@ def _uploaded_path(payload: Any) -> str | None:
         return None
     path = payload.get("path") if isinstance(payload, dict) else None
     if not path:
-        raise InvalidImageError("The upload contained no image file. Upload the slice as a PNG, JPEG or TIFF file.")
+        raise InvalidImageError(
+            "The upload contained no image file. Upload the slice as a PNG, JPEG, TIFF or DICOM file."
+        )
     return path
 
 
@@ -193,14 +195,23 @@ def _make_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, str], t
     return classify
 
 
-def _make_model_switch_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, str], tuple]:
-    def switch_model(image: Any, model_name: str) -> tuple:
+def _make_page_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, Any, str], tuple]:
+    def classify_shown(image: Any, upload_file: Any, model_name: str) -> tuple:
+        # The page has two upload boxes, and an upload to one empties the other, so at most one
+        # contains a file when the button is pressed.
+        return _classify_with(_lookup(predictors, model_name), image if image is not None else upload_file)
+
+    return classify_shown
+
+
+def _make_model_switch_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, Any, str], tuple]:
+    def switch_model(image: Any, upload_file: Any, model_name: str) -> tuple:
         # A new model choice classifies the current slice again, so the result on screen always
         # comes from the model named under it. Without a slice, the old result is cleared.
         predictor = _lookup(predictors, model_name)
-        if image is None:
+        if image is None and upload_file is None:
             return None, [], _describe(predictor, answered=False), ""
-        return _classify_with(predictor, image)
+        return _classify_with(predictor, image if image is not None else upload_file)
 
     return switch_model
 
@@ -244,6 +255,14 @@ def build_demo(
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", label="MRI slice", sources=["upload", "clipboard"], elem_id="slice")
+                # The image box accepts only files that the browser calls images, which leaves out
+                # DICOM. This box takes any file and sends it to the same decoder.
+                upload_file = gr.File(
+                    label="Or a DICOM file (.dcm), or another file the image box rejects",
+                    file_count="single",
+                    height=90,
+                    elem_id="slice-file",
+                )
                 model = gr.Dropdown(
                     choices=names, value=default_model, label="Model", visible=len(names) > 1, elem_id="model"
                 )
@@ -263,9 +282,9 @@ def build_demo(
             gr.Examples(examples=examples, inputs=image, label="Example slices")
 
         outputs = [probabilities, gallery, model_line, notes]
-        # Both listeners share one concurrency group, so concurrency_limit counts them together.
-        gr.on(
-            triggers=[submit.click, image.upload],
+        # Every classifying listener shares one concurrency group, so concurrency_limit counts
+        # them together. Only the first is part of the API.
+        image.upload(
             fn=_make_handler(predictors),
             inputs=[image, model],
             outputs=outputs,
@@ -273,13 +292,12 @@ def build_demo(
             preprocess=False,
             concurrency_id="classify",
         )
-        model.input(
-            fn=_make_model_switch_handler(predictors),
-            inputs=[image, model],
-            outputs=outputs,
-            api_visibility="private",
-            preprocess=False,
-            concurrency_id="classify",
-        )
+        page_only = {"outputs": outputs, "api_visibility": "private", "preprocess": False, "concurrency_id": "classify"}
+        upload_file.upload(fn=_make_handler(predictors), inputs=[upload_file, model], **page_only)
+        submit.click(fn=_make_page_handler(predictors), inputs=[image, upload_file, model], **page_only)
+        model.input(fn=_make_model_switch_handler(predictors), inputs=[image, upload_file, model], **page_only)
+        # A new upload in one box empties the other, so that the page classifies the newer file.
+        image.upload(fn=lambda: None, outputs=upload_file, api_visibility="private", queue=False)
+        upload_file.upload(fn=lambda: None, outputs=image, api_visibility="private", queue=False)
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)
     return demo

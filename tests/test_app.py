@@ -189,12 +189,29 @@ def test_notices_shown_beside_probabilities(predictor, slice_png):
 
 def test_model_switch_without_slice_clears_answer(predictor):
     switch = ui._make_model_switch_handler({predictor.name: predictor})
-    label, gallery, model_line, notes = switch(None, predictor.name)
+    label, gallery, model_line, notes = switch(None, None, predictor.name)
 
     assert label is None
     assert gallery == []
     assert model_line.startswith(f"Selected model: **{predictor.name}**")
     assert notes == ""
+
+
+def test_model_switch_classifies_file_box_upload(predictor, slice_png):
+    switch = ui._make_model_switch_handler({predictor.name: predictor})
+    label, gallery, model_line, _ = switch(None, {"path": str(slice_png)}, predictor.name)
+
+    assert set(label) == set(predictor.label_names)
+    assert len(gallery) == len(predictor.methods)
+    assert model_line.startswith(f"Answer from model **{predictor.name}**")
+
+
+def test_classify_button_uses_either_box(predictor, slice_png):
+    classify = ui._make_page_handler({predictor.name: predictor})
+    from_image_box = classify({"path": str(slice_png)}, None, predictor.name)
+    from_file_box = classify(None, {"path": str(slice_png)}, predictor.name)
+
+    assert from_image_box[0] == from_file_box[0]
 
 
 # Queue and upload limits -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import app
 from brain_tumor_classifier import BrainTumorClassifier
 from brain_tumor_classifier.explain import DEFAULT_METHODS
 from space.ui import build_demo, launch_options
+from upload_cases import dicom_monochrome2_window
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_EXECUTABLE", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -196,6 +197,19 @@ def test_switch_model_classifies_again(page, slice_png, artifacts_dir):
     captions = page.locator("#gallery").inner_text()
     top_class = page.locator("[data-testid=label-output-value]").inner_text().strip()
     assert captions.count(top_class) >= len(DEFAULT_METHODS), "gallery captions do not name the new top class"
+
+
+def test_dicom_file_box_classifies(page, tmp_path, artifacts_dir):
+    dicom_path = tmp_path / "slice.dcm"
+    dicom_path.write_bytes(dicom_monochrome2_window())
+
+    page.locator("#slice-file input[type=file]").set_input_files(str(dicom_path))
+    _wait_for_answer(page, "tiny-second")
+    _wait_for_gallery(page, len(DEFAULT_METHODS))
+    page.screenshot(path=str(artifacts_dir / "dicom-file.png"), full_page=True)
+
+    label = page.locator("[data-testid=label-output-value]").inner_text().strip()
+    assert label in ("glioma", "meningioma", "pituitary")
 
 
 def test_bad_file_shows_message(page, tmp_path, artifacts_dir):
