@@ -260,7 +260,7 @@ def build_demo(
                 upload_file = gr.File(
                     label="Or a DICOM file (.dcm), or another file the image box rejects",
                     file_count="single",
-                    height=90,
+                    height=130,
                     elem_id="slice-file",
                 )
                 model = gr.Dropdown(
