@@ -133,19 +133,20 @@ def median_of(runs: list[dict], *keys: str) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
+def git(*arguments: str) -> str:
+    """Run git in this repository and return its stripped output. Raises RuntimeError with git's message on failure."""
+    completed = subprocess.run(["git", "-C", str(ROOT), *arguments], capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"git {' '.join(arguments)} failed: {completed.stderr.strip()}")
+    return completed.stdout.strip()
+
+
 @contextlib.contextmanager
 def baseline_checkout(revision: str) -> Iterator[tuple[Path, str]]:
-    """Check out ``revision`` into a temporary git worktree; yield its folder and full commit id, then remove it.
+    """Check out ``revision`` into a temporary git worktree, yield its folder and full commit id, then remove it.
 
     Raises RuntimeError with git's message when the revision or the worktree cannot be made.
     """
-
-    def git(*arguments: str) -> str:
-        completed = subprocess.run(["git", "-C", str(ROOT), *arguments], capture_output=True, text=True)
-        if completed.returncode != 0:
-            raise RuntimeError(f"git {' '.join(arguments)} failed: {completed.stderr.strip()}")
-        return completed.stdout.strip()
-
     commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
     with tempfile.TemporaryDirectory(prefix="cold-start-baseline-") as parent:
         folder = Path(parent) / "checkout"
@@ -157,12 +158,16 @@ def baseline_checkout(revision: str) -> Iterator[tuple[Path, str]]:
 
 
 def working_tree_commit() -> str | None:
-    """Return the commit checked out in this repository, marked ``+changes`` when files differ from it."""
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if head.returncode != 0:
+    """Return the commit checked out in this repository, marked ``+changes`` when tracked files differ from it.
+
+    Returns None outside a git checkout.
+    """
+    try:
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (RuntimeError, OSError):
         return None
-    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    return head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+    return head + ("+changes" if changed else "")
 
 
 def resolve_models(models: list[str]) -> list[str]:
