@@ -54,6 +54,10 @@ class BrainTumorClassifier(
     ``ood_threshold`` is the out-of-scope score above which an input is flagged as unlike the
     training slices. ``python -m train.calibrate`` fits both on a run's validation split and
     writes the feature statistics that the score needs to ``ood_statistics.safetensors``.
+
+    With ``test_time_flip`` the model in eval mode scores each slice and its left-right mirror in
+    one batch and averages the two (features and logits alike); in training mode it never does.
+    ``train.calibrate`` turns it on only where it scores better on the validation split.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class BrainTumorClassifier(
         temperature: float = 1.0,
         ood_threshold: float | None = None,
         drop_rate: float = 0.0,
+        test_time_flip: bool = False,
     ) -> None:
         super().__init__()
         if len(label_names) < 2:
@@ -90,6 +95,7 @@ class BrainTumorClassifier(
         self.std = [float(value) for value in std]
         self.temperature = float(temperature)
         self.ood_threshold = None if ood_threshold is None else float(ood_threshold)
+        self.test_time_flip = bool(test_time_flip)
         # Plain attributes rather than buffers, so they never enter the weights file or a checkpoint.
         self.ood_class_means: torch.Tensor | None = None
         self.ood_precision: torch.Tensor | None = None
@@ -111,7 +117,12 @@ class BrainTumorClassifier(
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Return logits for a normalized batch ``N x in_chans x H x W``."""
-        return self.model(pixel_values)
+        if not self._averages_mirrors():
+            return self.model(pixel_values)
+        return _mean_of_halves(self.model(_with_mirrors(pixel_values)))
+
+    def _averages_mirrors(self) -> bool:
+        return self.test_time_flip and not self.training
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Turn PIL images into the normalized batch this model expects."""
@@ -138,9 +149,13 @@ class BrainTumorClassifier(
 
     def features_and_logits(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return float32 pooled pre-logit features and raw logits of a normalized batch, from one pass."""
-        feature_map = self.model.forward_features(pixel_values)
-        features = self.model.forward_head(feature_map, pre_logits=True)
-        return features.float(), self.model.forward_head(feature_map).float()
+        averages = self._averages_mirrors()
+        feature_map = self.model.forward_features(_with_mirrors(pixel_values) if averages else pixel_values)
+        features = self.model.forward_head(feature_map, pre_logits=True).float()
+        logits = self.model.forward_head(feature_map).float()
+        if averages:
+            return _mean_of_halves(features), _mean_of_halves(logits)
+        return features, logits
 
     def set_ood_statistics(self, class_means: torch.Tensor, precision: torch.Tensor) -> None:
         """Set the training-feature statistics that ``out_of_scope_score`` measures distances with.
@@ -217,6 +232,7 @@ class BrainTumorClassifier(
         # current values are written rather than the constructor's.
         config["temperature"] = self.temperature
         config["ood_threshold"] = self.ood_threshold
+        config["test_time_flip"] = self.test_time_flip
         (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def save_ood_statistics(self, directory: str | Path) -> Path:
@@ -319,6 +335,17 @@ class BrainTumorClassifier(
                 "Check that config.json (architecture, label_names, in_chans) belongs to these weights."
             )
         self.model.load_state_dict(state_dict, strict=True)
+
+
+def _with_mirrors(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Stack a batch and its left-right mirror images into one batch of twice the size."""
+    return torch.cat([pixel_values, pixel_values.flip(-1)])
+
+
+def _mean_of_halves(outputs: torch.Tensor) -> torch.Tensor:
+    """Average the rows for the originals with the rows for their mirrors (see ``_with_mirrors``)."""
+    originals, mirrors = outputs.chunk(2)
+    return (originals + mirrors) / 2
 
 
 def _ood_statistics_file(

@@ -304,11 +304,27 @@ def _hyperparameter_table(train_config: dict) -> str:
     return markdown_table(["option", "value"], rows)
 
 
+def _mirror_rows(choice: dict | None) -> list[list]:
+    """Rows on the mirror-averaging choice; none for a calibration.json written before the choice existed."""
+    if not choice:
+        return []
+    rows = [["average with the mirror image (`test_time_flip` in `config.json`)",
+             "yes" if choice["test_time_flip"] else "no"]]
+    validation = choice.get("validation")
+    if validation:
+        rows += [
+            ["validation accuracy, single pass", validation["single"]["accuracy"]],
+            ["validation accuracy, averaged with the mirror image", validation["mirror_average"]["accuracy"]],
+        ]
+    return rows
+
+
 def _calibration_table(calibration: dict) -> str:
     validation, test, non_mri = calibration["validation"], calibration["test"], calibration["non_mri"]
     false_alarms = round(test["false_alarm_rate"] * test["num_images"])
     detected = sum(category["detected"] for category in non_mri["categories"].values())
     rows = [
+        *_mirror_rows(calibration.get("test_time_flip")),
         [f"softmax temperature (fitted on {validation['num_images']} validation slices)", calibration["temperature"]],
         [f"ECE before scaling ({test['num_images']} test slices, {test['ece_bins']} bins)", test["ece_before"]],
         ["ECE after scaling", test["ece_after"]],
@@ -400,6 +416,7 @@ def build_template_context(run: RunFiles, *, repo_id: str | None = None) -> dict
         "mean": config.get("mean"),
         "std": config.get("std"),
         "temperature": config.get("temperature", 1.0),
+        "test_time_flip": config.get("test_time_flip", False),
         "metrics": metrics,
         "split_description": describe_split_kind(metrics["split_kind"]),
         "accuracy_percent": f"{metrics['accuracy']:.2%}",

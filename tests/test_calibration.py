@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,6 +29,8 @@ from train.calibrate import (
     non_mri_images,
     out_of_scope_scores,
     out_of_scope_threshold,
+    SplitOutputs,
+    choose_test_time_flip,
     score_splits,
     softmax,
 )
@@ -237,6 +240,8 @@ def test_calibration_writes_config_and_reports(calibrated_run):
     assert math.isfinite(config["ood_threshold"])
     assert report["temperature"] == config["temperature"]
     assert report["ood_threshold"] == config["ood_threshold"]
+    assert report["test_time_flip"]["test_time_flip"] == config["test_time_flip"]
+    assert set(report["test_time_flip"]["validation"]) == {"single", "mirror_average"}
     assert (run_dir / OOD_STATISTICS_NAME).is_file()
     assert 0 <= report["energy_baseline"]["non_mri_detection_rate"] <= 1
     assert report["test"]["ece_bins"] == ECE_BINS
@@ -249,7 +254,9 @@ def test_stored_values_are_reproduced(calibrated_run):
     run_dir, _ = calibrated_run
     config = json.loads((run_dir / "config.json").read_text())
     stored = safetensors.torch.load_file(str(run_dir / OOD_STATISTICS_NAME))
-    classifier, scored = score_splits(run_dir, splits=("train", "validation"))
+    classifier, scored = score_splits(
+        run_dir, splits=("train", "validation"), test_time_flip=config["test_time_flip"]
+    )
     train, validation = scored["train"], scored["validation"]
     means, precision = fit_ood_statistics(train.features, train.labels, len(CLASSES))
     classifier.set_ood_statistics(torch.from_numpy(means), torch.from_numpy(precision))
@@ -295,8 +302,15 @@ def test_report_section_equals_file(calibrated_run):
 
     false_alarms = round(test["false_alarm_rate"] * test["num_images"])
     detected = sum(category["detected"] for category in non_mri["categories"].values())
+    flip = report["test_time_flip"]
+    mirror = (
+        f"{'yes' if flip['test_time_flip'] else 'no'} "
+        f"(validation {100 * flip['validation']['single']['accuracy']:.2f}% single, "
+        f"{100 * flip['validation']['mirror_average']['accuracy']:.2f}% averaged)"
+    )
     row = (
-        f"| braincancernet | random | {report['temperature']:.4f} | {test['ece_before']:.4f} | {test['ece_after']:.4f} "
+        f"| braincancernet | random | {mirror} | {report['temperature']:.4f} | {test['ece_before']:.4f} "
+        f"| {test['ece_after']:.4f} "
         f"| {100 * test['false_alarm_rate']:.2f}% ({false_alarms} of {test['num_images']}) "
         f"| {100 * non_mri['detection_rate']:.2f}% ({detected} of {non_mri['count']}) "
         f"| `python -m train.calibrate --run-dir {run_dir}` |"
@@ -315,6 +329,7 @@ def test_report_summary_equals_file(calibrated_run):
     summary = calibration_summary(report)
 
     assert summary["temperature"] == report["temperature"]
+    assert summary["test_time_flip"] == report["test_time_flip"]["test_time_flip"]
     assert summary["ece_before"] == report["test"]["ece_before"]
     assert summary["ece_after"] == report["test"]["ece_after"]
     assert summary["test_false_alarm_rate"] == report["test"]["false_alarm_rate"]
@@ -328,3 +343,35 @@ def test_read_calibration_rejects_damaged_file(tmp_path):
 
     with pytest.raises(ValueError, match="python -m train.calibrate"):
         read_calibration(tmp_path)
+
+
+def _outputs(logits, labels):
+    logits = np.asarray(logits, dtype=np.float64)
+    return SplitOutputs(np.zeros((len(logits), 1)), logits, np.asarray(labels))
+
+
+def test_mirror_average_is_chosen_by_accuracy_then_loss():
+    labels = [0, 1, 1]
+    single = _outputs([[2, 0, 0], [0, 2, 0], [2, 0, 0]], labels)
+    better = _outputs([[2, 0, 0], [0, 2, 0], [0, 1, 0]], labels)
+    same_accuracy_lower_loss = _outputs([[4, 0, 0], [0, 4, 0], [1, 0.5, 0]], labels)
+
+    assert choose_test_time_flip(single, better)["test_time_flip"] is True
+    assert choose_test_time_flip(better, single)["test_time_flip"] is False
+    # A full tie keeps the single pass, which costs half as much.
+    assert choose_test_time_flip(single, single)["test_time_flip"] is False
+    # Equal accuracy: the lower validation loss decides.
+    assert choose_test_time_flip(same_accuracy_lower_loss, single)["test_time_flip"] is False
+    assert choose_test_time_flip(single, same_accuracy_lower_loss)["test_time_flip"] is True
+
+
+def test_calibrate_can_force_mirror_averaging(calibrated_run, tmp_path):
+    run_dir = tmp_path / "forced"
+    shutil.copytree(calibrated_run[0], run_dir)
+
+    assert calibrate_main(["--run-dir", str(run_dir), "--test-time-flip", "on"]) == 0
+    report = json.loads((run_dir / CALIBRATION_NAME).read_text())
+    assert json.loads((run_dir / "config.json").read_text())["test_time_flip"] is True
+    assert report["test_time_flip"]["mode"] == "on"
+    assert report["calibrate_command"].endswith("--test-time-flip on")
+    assert BrainTumorClassifier.from_pretrained(str(run_dir)).test_time_flip

@@ -79,3 +79,29 @@ def test_timm_registry_builds_both_architectures():
     for name in ("braincancernet", "resnet50"):
         model = timm.create_model(name, pretrained=False, num_classes=3, in_chans=1)
         assert model.num_classes == 3
+
+
+def test_mirror_average_applies_in_eval_mode_only():
+    torch.manual_seed(0)
+    model = BrainTumorClassifier(input_size=32, test_time_flip=True)
+    inputs = torch.randn(3, 1, 32, 32)
+
+    model.eval()
+    expected = (model.model(inputs) + model.model(inputs.flip(-1))) / 2
+    assert torch.allclose(model(inputs), expected, atol=1e-5)
+    # Averaging over both mirror images makes the answer the same for a slice and its mirror.
+    assert torch.allclose(model(inputs), model(inputs.flip(-1)), atol=1e-5)
+    features, logits = model.features_and_logits(inputs)
+    mirrored_features, _ = model.features_and_logits(inputs.flip(-1))
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(features, mirrored_features, atol=1e-5)
+
+    model.train()
+    assert torch.equal(model(inputs), model.model(inputs))
+
+
+def test_mirror_average_survives_the_round_trip(tmp_path):
+    BrainTumorClassifier(input_size=32, test_time_flip=True).save_pretrained(tmp_path)
+
+    assert json.loads((tmp_path / "config.json").read_text())["test_time_flip"] is True
+    assert BrainTumorClassifier.from_pretrained(str(tmp_path)).test_time_flip

@@ -10,6 +10,12 @@ untouched. It also writes ``calibration.json``, with the expected calibration er
 test split before and after scaling, the false-alarm rate on the test split and the detection
 rate on generated and bundled non-MRI images, and ``reliability_diagram.png``.
 
+It first decides whether the model averages each slice with its left-right mirror
+(``test_time_flip`` in ``config.json``): with ``--test-time-flip auto``, the default, it scores
+the validation split both ways and keeps the averaging only where it wins by the rule the
+training loop picks epochs with (higher accuracy, then lower loss). The temperature and the
+detector are then fitted on the outputs of the chosen mode.
+
 The out-of-scope score is the squared Mahalanobis distance from an image's pooled pre-logit
 features to the nearest class mean, with one Ledoit-Wolf shrunk covariance shared by the classes.
 This is the final-layer score of Lee et al., "A Simple Unified Framework for Detecting
@@ -115,8 +121,12 @@ def score_splits(
     dataset: str | None = None,
     splits: tuple[str, ...] = ("train", "validation", "test"),
     batch_size: int = 64,
+    test_time_flip: bool = False,
 ) -> tuple[BrainTumorClassifier, dict[str, SplitOutputs]]:
-    """Load a run's exported model and compute features and logits on the splits recorded in its manifest."""
+    """Load a run's exported model and compute features and logits on the splits recorded in its manifest.
+
+    ``test_time_flip`` sets the loaded model's averaging with mirrored slices.
+    """
     run_dir = Path(run_dir)
     manifest_path = run_dir / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -124,7 +134,9 @@ def score_splits(
     manifest = json.loads(manifest_path.read_text())
     # Load without the stored calibration, so a rerun starts from the raw model and does not need
     # the statistics file of an earlier run.
-    classifier = BrainTumorClassifier.from_pretrained(str(run_dir), temperature=1.0, ood_threshold=None)
+    classifier = BrainTumorClassifier.from_pretrained(
+        str(run_dir), temperature=1.0, ood_threshold=None, test_time_flip=test_time_flip
+    )
     classifier.to(memory_format=torch.channels_last)
     images = load_labeled_images(dataset or manifest["source"])
     if images.label_names != classifier.label_names:
@@ -140,6 +152,26 @@ def score_splits(
         features, logits = pixel_outputs(classifier, pixels[rows], batch_size=batch_size)
         scored[split] = SplitOutputs(features, logits, images.labels[rows])
     return classifier, scored
+
+
+FLIP_MODES = ("auto", "on", "off")
+
+
+def choose_test_time_flip(plain: SplitOutputs, mirrored: SplitOutputs) -> dict:
+    """Compare validation outputs without and with mirror averaging; pick by accuracy, then by loss.
+
+    Returns the choice and the figures it rests on. A tie on both keeps the single pass, which
+    costs half as much.
+    """
+    figures = {}
+    for name, outputs in (("single", plain), ("mirror_average", mirrored)):
+        figures[name] = {
+            "accuracy": float((outputs.logits.argmax(axis=1) == outputs.labels).mean()),
+            "nll": negative_log_likelihood(outputs.logits, outputs.labels, 1.0),
+        }
+    single, averaged = figures["single"], figures["mirror_average"]
+    chosen = (averaged["accuracy"], -averaged["nll"]) > (single["accuracy"], -single["nll"])
+    return {"test_time_flip": chosen, "validation": figures, "num_images": int(len(plain.labels))}
 
 
 # Temperature and threshold -----------------------------------------------------------------
@@ -437,8 +469,9 @@ def file_sha256(path: Path) -> str:
 
 
 def store_calibration(run_dir: Path, classifier: BrainTumorClassifier, *, temperature: float, ood_threshold: float) -> None:
-    """Write the classifier's out-of-scope statistics file and put both values into the run's config.json.
+    """Write the classifier's out-of-scope statistics file and put the fitted values into the run's config.json.
 
+    Besides both arguments, config.json gets the classifier's ``test_time_flip``.
     config.json keeps its other keys and the layout that ``save_pretrained`` writes (sorted keys,
     two-space indent).
     """
@@ -447,6 +480,7 @@ def store_calibration(run_dir: Path, classifier: BrainTumorClassifier, *, temper
     config = json.loads(config_path.read_text())
     config["temperature"] = temperature
     config["ood_threshold"] = ood_threshold
+    config["test_time_flip"] = classifier.test_time_flip
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -487,10 +521,33 @@ def plot_reliability_diagram(
     plt.close(figure)
 
 
-def calibrate_run(run_dir: Path, *, dataset: str | None = None, batch_size: int = 64) -> dict:
-    """Fit the temperature and the out-of-scope detector, evaluate both on the test split, write the results."""
+def calibrate_run(
+    run_dir: Path, *, dataset: str | None = None, batch_size: int = 64, test_time_flip: str = "auto"
+) -> dict:
+    """Choose mirror averaging, fit the temperature and the out-of-scope detector, evaluate on test, write the results.
+
+    ``test_time_flip`` is ``"auto"`` (choose on validation), ``"on"`` or ``"off"``.
+    """
+    if test_time_flip not in FLIP_MODES:
+        raise ValueError(f"test_time_flip must be one of {', '.join(FLIP_MODES)}, got {test_time_flip!r}.")
     run_dir = Path(run_dir)
-    classifier, scored = score_splits(run_dir, dataset=dataset, batch_size=batch_size)
+    classifier, scored = score_splits(
+        run_dir, dataset=dataset, batch_size=batch_size, test_time_flip=test_time_flip == "on"
+    )
+    flip_choice = {"mode": test_time_flip, "test_time_flip": test_time_flip == "on"}
+    if test_time_flip == "auto":
+        mirrored_classifier, mirrored = score_splits(
+            run_dir, dataset=dataset, batch_size=batch_size, test_time_flip=True
+        )
+        flip_choice.update(choose_test_time_flip(scored["validation"], mirrored["validation"]))
+        if flip_choice["test_time_flip"]:
+            classifier, scored = mirrored_classifier, mirrored
+        logger.info(
+            "Validation accuracy %.2f%% single, %.2f%% with mirror averaging: test_time_flip=%s",
+            100 * flip_choice["validation"]["single"]["accuracy"],
+            100 * flip_choice["validation"]["mirror_average"]["accuracy"],
+            flip_choice["test_time_flip"],
+        )
     weights_path = run_dir / WEIGHTS_NAME
     weights_before = file_sha256(weights_path)
     train, validation, test = scored["train"], scored["validation"], scored["test"]
@@ -511,6 +568,7 @@ def calibrate_run(run_dir: Path, *, dataset: str | None = None, batch_size: int 
     test_scores = out_of_scope_scores(classifier, test.features)
     non_mri = detection_rates(classifier, threshold, energy_threshold=energy_threshold, batch_size=batch_size)
     report = {
+        "test_time_flip": flip_choice,
         "temperature": temperature,
         "ood_threshold": threshold,
         "ood_score": (
@@ -546,7 +604,8 @@ def calibrate_run(run_dir: Path, *, dataset: str | None = None, batch_size: int 
         },
         "num_train_images": int(len(train.labels)),
         "weights_sha256": weights_before,
-        "calibrate_command": f"python -m train.calibrate --run-dir {shlex.quote(str(run_dir))}",
+        "calibrate_command": f"python -m train.calibrate --run-dir {shlex.quote(str(run_dir))}"
+        + ("" if test_time_flip == "auto" else f" --test-time-flip {test_time_flip}"),
     }
 
     # Write the results; the weights file must not change.
@@ -591,14 +650,24 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", default=None, help="Dataset folder or Hub id (default: the source recorded in the manifest)."
     )
     parser.add_argument("--batch-size", type=int, default=64, help="Slices per forward pass.")
+    parser.add_argument(
+        "--test-time-flip",
+        choices=FLIP_MODES,
+        default="auto",
+        help="Average each slice with its left-right mirror: 'auto' decides on the validation split "
+        "(higher accuracy, then lower loss), 'on' and 'off' force it (default: auto).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = calibrate_run(args.run_dir, dataset=args.dataset, batch_size=args.batch_size)
+        report = calibrate_run(
+            args.run_dir, dataset=args.dataset, batch_size=args.batch_size, test_time_flip=args.test_time_flip
+        )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = {
+        "test_time_flip": report["test_time_flip"]["test_time_flip"],
         "temperature": report["temperature"],
         "ood_threshold": report["ood_threshold"],
         "ece_before": report["test"]["ece_before"],
