@@ -569,7 +569,13 @@ def explain_image(
     maps = cam_maps_from_capture(capture, classifier.model, target_layer=target_layer, methods=methods)
 
     label = classifier.label_names[capture.target_class]
-    probabilities = torch.softmax(torch.from_numpy(capture.logits).float() / classifier.temperature, dim=0)
+    logits = torch.from_numpy(capture.logits).float()
+    if classifier.test_time_flip:
+        # The maps explain the unmirrored pass, but the caption quotes the probability that
+        # predict_proba returns, which averages the slice with its mirror image.
+        with torch.no_grad():
+            logits = classifier(input_tensor)[0].float()
+    probabilities = classifier.calibrated_probabilities(logits[None])[0]
     probability = float(probabilities[capture.target_class])
     gray = grayscale_slice(image)
     # The padding box is the same for every method, so it is computed once per image.

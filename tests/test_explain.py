@@ -312,3 +312,29 @@ def test_real_slice_overlays(real_slice_path):
     for result in results:
         assert result.overlay.shape == (384, 512, 3), result.method
         assert np.isfinite(result.cam).all(), result.method
+
+
+def test_caption_quotes_mirror_averaged_probability(slice_image):
+    # A bright band on the left makes the slice unlike its mirror image.
+    pixels = np.array(slice_image)
+    pixels[:, :20] = 255
+    slice_image = Image.fromarray(pixels)
+    classifier = _tiny_classifier("braincancernet")
+    single_logits = classifier(classifier.preprocess([slice_image]))
+    classifier.test_time_flip = True
+    averaged_logits = classifier(classifier.preprocess([slice_image]))
+    target = int(averaged_logits.argmax())
+    # A random model's two passes differ little, so pick a temperature that shows the difference
+    # in a caption's whole percent.
+    for temperature in (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001):
+        averaged = torch.softmax(averaged_logits / temperature, dim=1)[0, target]
+        single = torch.softmax(single_logits / temperature, dim=1)[0, target]
+        if f"{averaged:.0%}" != f"{single:.0%}":
+            break
+    else:
+        pytest.fail("no temperature tells the single pass from the mirror average on this slice")
+    classifier.temperature = temperature
+
+    results = explain_image(classifier, slice_image, target_class=target, methods=["GradCAM"])
+
+    assert results[0].caption.endswith(f"{averaged:.0%}")
