@@ -427,3 +427,33 @@ def test_real_run_card_and_snippet(
     exec(compile(snippet, "model_card_snippet", "exec"), namespace)
     assert namespace["probs"].shape == (1, 3)
     assert namespace["model"].label_names == LABELS
+
+
+def test_card_reports_mirror_averaging(measured_run_dir: Path) -> None:
+    calibration = read_json(measured_run_dir / "calibration.json")
+    calibration["test_time_flip"] = {
+        "mode": "auto",
+        "test_time_flip": True,
+        "validation": {"single": {"accuracy": 0.9848, "nll": 0.14}, "mirror_average": {"accuracy": 0.9870, "nll": 0.13}},
+        "num_images": 460,
+    }
+    (measured_run_dir / "calibration.json").write_text(json.dumps(calibration))
+    config = read_json(measured_run_dir / "config.json")
+    config["test_time_flip"] = True
+    (measured_run_dir / "config.json").write_text(json.dumps(config))
+
+    text = render_model_card(measured_run_dir).text
+
+    assert "| average with the mirror image (`test_time_flip` in `config.json`) | yes |" in text
+    assert "| validation accuracy, single pass | 0.9848 |" in text
+    assert "| validation accuracy, averaged with the mirror image | 0.9870 |" in text
+    assert "averaged (`test_time_flip` in `config.json`), which doubles the compute" in text
+    assert "first chose whether to average each slice with its mirror image" in text
+
+
+def test_card_without_mirror_averaging_omits_it(measured_run_dir: Path) -> None:
+    text = render_model_card(measured_run_dir).text
+
+    assert "with the mirror image" not in text
+    assert "average each slice with its mirror image" not in text
+    assert "`test_time_flip`" not in text
