@@ -392,7 +392,9 @@ def write_report(output_dir: Path, results: list[RunResult], differences: dict, 
         "## Cost",
         "",
         "Latency and throughput were measured in one process on the machine that ran this command "
-        "(median of 20 single-image calls; 64-image batches), in float32.",
+        "(median of 20 single-image calls; 64-image batches), in float32. A model that averages each slice "
+        "with its mirror image (see the calibration table) runs both in one batch, and its times include that. "
+        "Training time and hardware are those of the training run.",
         "",
         *cost_rows(results),
         "",
