@@ -215,6 +215,13 @@ def main() -> int:
     parser.add_argument(
         "--images", type=Path, default=None, help="Folder of real slices (searched recursively) for the predict timing. Default: synthetic slices."
     )
+    parser.add_argument(
+        "--test-time-flip",
+        choices=["config", "on", "off"],
+        default="config",
+        help="Average each slice with its mirror image as config.json says, or force it on or off, "
+        "to time the cost of the second pass (default: config).",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "gallery_latency.json")
     args = parser.parse_args()
     if args.images is not None and not args.images.is_dir():
@@ -226,6 +233,8 @@ def main() -> int:
     results = []
     for architecture in args.architectures:
         classifier, weights = load_classifier(architecture, model_dirs.get(architecture))
+        if args.test_time_flip != "config":
+            classifier.test_time_flip = args.test_time_flip == "on"
         gallery = measure_gallery(classifier, args.repeats)
         predict = measure_predict(Predictor(classifier, name=architecture), args.uploads, args.images)
         encoding = measure_encoding(classifier, args.repeats)
@@ -233,6 +242,7 @@ def main() -> int:
             {
                 "architecture": architecture,
                 "input_size": classifier.input_size,
+                "test_time_flip": classifier.test_time_flip,
                 "weights": weights,
                 "methods": list(DEFAULT_METHODS),
                 **gallery,

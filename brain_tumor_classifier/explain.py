@@ -554,6 +554,7 @@ def explain_image(
     target_layer: nn.Module | None = None,
     draw_caption: bool = True,
     caption_notes: Mapping[str, str] | None = None,
+    probabilities: Sequence[float] | None = None,
 ) -> list[CamResult]:
     """Explain one slice with every method in ``methods``, from a single forward and backward pass.
 
@@ -561,6 +562,8 @@ def explain_image(
     slice speaks for that class, so a user can ask why the model did not pick it. Each result contains the
     map and the overlay at the image's original width and height, and a caption that names the
     method, the class and its probability, followed by ``caption_notes[method]`` when given.
+    ``probabilities`` are the calibrated class probabilities the caller has already computed for
+    this slice; without them the caption's probability is computed here.
     """
     input_tensor = classifier.preprocess([image])
     capture = capture_activations_and_gradients(
@@ -569,13 +572,8 @@ def explain_image(
     maps = cam_maps_from_capture(capture, classifier.model, target_layer=target_layer, methods=methods)
 
     label = classifier.label_names[capture.target_class]
-    logits = torch.from_numpy(capture.logits).float()
-    if classifier.test_time_flip:
-        # The maps explain the unmirrored pass, but the caption quotes the probability that
-        # predict_proba returns, which averages the slice with its mirror image.
-        with torch.no_grad():
-            logits = classifier(input_tensor)[0].float()
-    probabilities = classifier.calibrated_probabilities(logits[None])[0]
+    if probabilities is None:
+        probabilities = _caption_probabilities(classifier, input_tensor, capture.logits)
     probability = float(probabilities[capture.target_class])
     gray = grayscale_slice(image)
     # The padding box is the same for every method, so it is computed once per image.
@@ -592,6 +590,21 @@ def explain_image(
         results.append(CamResult(method=name, label=label, cam=cam, overlay=overlay, caption=caption))
     logger.debug("Computed %d CAM maps for class %r", len(results), label)
     return results
+
+
+def _caption_probabilities(
+    classifier: BrainTumorClassifier, input_tensor: torch.Tensor, logits: np.ndarray
+) -> torch.Tensor:
+    """Return the calibrated probabilities that ``predict_proba`` gives, from the explained pass's logits.
+
+    The maps explain the unmirrored pass. A classifier that averages each slice with its mirror
+    image needs one more pass, on the mirror alone, for the caption to match its output.
+    """
+    scores = torch.from_numpy(logits).float()
+    if classifier.test_time_flip:
+        with torch.no_grad():
+            scores = (scores + classifier.model(input_tensor.flip(-1))[0].float()) / 2
+    return classifier.calibrated_probabilities(scores[None])[0]
 
 
 # Gallery order from measured faithfulness ----------------------------------------------------

@@ -216,6 +216,7 @@ class Predictor:
                     target_class=top_index if explained_class is None else explained_class,
                     methods=self.methods,
                     caption_notes=self._caption_notes,
+                    probabilities=probabilities,
                 )
         top_label = self.label_names[top_index]
         # Only sizes and the result are logged, never pixel data or file names.

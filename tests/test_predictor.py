@@ -177,3 +177,17 @@ def test_real_slice_prediction(predictor, real_slice_path):
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert len(prediction.gallery) == len(DEFAULT_METHODS)
     assert prediction.gallery[0].overlay.shape == (512, 512, 3)
+
+
+def test_captions_quote_the_shown_probability(tiny_model_dir, slice_image):
+    classifier = BrainTumorClassifier.from_pretrained(str(tiny_model_dir), test_time_flip=True)
+    # A bright band on the left makes the slice unlike its mirror image.
+    pixels = np.array(slice_image)
+    pixels[:, :20] = 255
+
+    prediction = Predictor(classifier, name="mirror").predict(Image.fromarray(pixels))
+
+    top_probability = prediction.probabilities[prediction.top_label]
+    assert prediction.gallery
+    for result in prediction.gallery:
+        assert result.caption.endswith(f"{prediction.top_label} {top_probability:.0%}")
