@@ -156,7 +156,8 @@ def _answer(predictor: Predictor, prediction: Prediction) -> tuple:
     notices = [str(notice) for notice in getattr(prediction, "notices", None) or []]
     warning = _prediction_warning(prediction)
     if warning:
-        # The browser also shows the warning as a pop-up, and API clients receive it as a log message.
+        # The browser also shows the warning as a pop-up. API clients get it in the notes output, since
+        # gradio_client 2.7.2 left the job status log empty for it.
         gr.Warning(warning)
         return WITHHELD_LABEL, [], _describe(predictor, answered=True), _notes(warning, notices)
     return prediction.probabilities, _gallery(prediction), _describe(predictor, answered=True), _notes(None, notices)
