@@ -1,11 +1,19 @@
 """Shared fixtures: a tiny saved model, a synthetic slice, and the real data set when present."""
 
 import os
+import shutil
+import tempfile
 
 # Tests must never reach the network: no Hub downloads, no Gradio usage analytics.
 # huggingface_hub reads HF_HUB_OFFLINE once on import, so this runs before any test module loads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# Gradio, gradio_client and the app cache files under GRADIO_TEMP_DIR, and several Gradio modules
+# read it on import. A folder of this test session's own keeps those files out of the shared
+# /tmp/gradio, and pytest_sessionfinish deletes it.
+SESSION_GRADIO_DIR = tempfile.mkdtemp(prefix="brain-tumor-tests-gradio-")
+os.environ.setdefault("GRADIO_TEMP_DIR", SESSION_GRADIO_DIR)
 
 from pathlib import Path  # noqa: E402
 
@@ -85,3 +93,7 @@ def write_blob_imagefolder(root: Path, *, seed: int, per_class: int = 10) -> lis
             Image.fromarray(pixels, mode="L").save(root / name / f"{name}_{index}.png")
             files.append(f"{name}/{name}_{index}.png")
     return files
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_GRADIO_DIR, ignore_errors=True)
