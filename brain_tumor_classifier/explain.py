@@ -569,11 +569,11 @@ def explain_image(
     capture = capture_activations_and_gradients(
         classifier.model, input_tensor, target_class=target_class, target_layer=target_layer
     )
+    if probabilities is None:
+        probabilities = _caption_probabilities(classifier, input_tensor, capture.logits)
     maps = cam_maps_from_capture(capture, classifier.model, target_layer=target_layer, methods=methods)
 
     label = classifier.label_names[capture.target_class]
-    if probabilities is None:
-        probabilities = _caption_probabilities(classifier, input_tensor, capture.logits)
     probability = float(probabilities[capture.target_class])
     gray = grayscale_slice(image)
     # The padding box is the same for every method, so it is computed once per image.
