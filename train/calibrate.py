@@ -56,7 +56,7 @@ from brain_tumor_classifier import BrainTumorClassifier
 from brain_tumor_classifier.classifier import CONFIG_NAME, OOD_STATISTICS_NAME, WEIGHTS_NAME
 from brain_tumor_classifier.preprocessing import normalize, square_grayscale
 
-from .data import MANIFEST_NAME, decode_pixels, load_labeled_images, read_manifest_split
+from .data import MANIFEST_NAME, LabeledImages, decode_pixels, load_labeled_images, read_manifest_split
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -115,15 +115,18 @@ class SplitOutputs:
     labels: np.ndarray
 
 
-def score_splits(
-    run_dir: Path,
-    *,
-    dataset: str | None = None,
-    splits: tuple[str, ...] = ("train", "validation", "test"),
-    batch_size: int = 64,
-    test_time_flip: bool = False,
-) -> tuple[BrainTumorClassifier, dict[str, SplitOutputs]]:
-    """Load a run's exported model and compute features and logits on the splits recorded in its manifest.
+@dataclass
+class LoadedRun:
+    """A run's exported model, without its stored calibration, and the dataset's slices decoded at its input size."""
+
+    classifier: BrainTumorClassifier
+    images: LabeledImages
+    pixels: np.ndarray
+    manifest_path: Path
+
+
+def load_run(run_dir: Path, *, dataset: str | None = None, test_time_flip: bool = False) -> LoadedRun:
+    """Load a run's exported model and decode the dataset that its manifest names.
 
     ``test_time_flip`` sets the loaded model's averaging with mirrored slices.
     """
@@ -143,22 +146,39 @@ def score_splits(
         raise ValueError(
             f"The dataset's classes {images.label_names} differ from the model's {classifier.label_names}."
         )
-    pixels = decode_pixels(images, classifier.input_size)
-    scored = {}
-    for split in splits:
-        rows = read_manifest_split(manifest_path, images, split)
-        if not rows:
-            raise ValueError(f"The {split} split in {manifest_path} is empty, so the run cannot be calibrated.")
-        features, logits = pixel_outputs(classifier, pixels[rows], batch_size=batch_size)
-        scored[split] = SplitOutputs(features, logits, images.labels[rows])
-    return classifier, scored
+    return LoadedRun(classifier, images, decode_pixels(images, classifier.input_size), manifest_path)
+
+
+def score_split(run: LoadedRun, split: str, *, batch_size: int = 64) -> SplitOutputs:
+    """Compute features and logits of one recorded split with the loaded model as it is set now."""
+    rows = read_manifest_split(run.manifest_path, run.images, split)
+    if not rows:
+        raise ValueError(f"The {split} split in {run.manifest_path} is empty, so the run cannot be calibrated.")
+    features, logits = pixel_outputs(run.classifier, run.pixels[rows], batch_size=batch_size)
+    return SplitOutputs(features, logits, run.images.labels[rows])
+
+
+def score_splits(
+    run_dir: Path,
+    *,
+    dataset: str | None = None,
+    splits: tuple[str, ...] = ("train", "validation", "test"),
+    batch_size: int = 64,
+    test_time_flip: bool = False,
+) -> tuple[BrainTumorClassifier, dict[str, SplitOutputs]]:
+    """Load a run's exported model and compute features and logits on the splits recorded in its manifest.
+
+    ``test_time_flip`` sets the loaded model's averaging with mirrored slices.
+    """
+    run = load_run(run_dir, dataset=dataset, test_time_flip=test_time_flip)
+    return run.classifier, {split: score_split(run, split, batch_size=batch_size) for split in splits}
 
 
 FLIP_MODES = ("auto", "on", "off")
 
 
 def choose_test_time_flip(plain: SplitOutputs, mirrored: SplitOutputs) -> dict:
-    """Compare validation outputs without and with mirror averaging; pick by accuracy, then by loss.
+    """Compare validation outputs without and with mirror averaging, and pick by accuracy, then by loss.
 
     Returns the choice and the figures it rests on. A tie on both keeps the single pass, which
     costs half as much.
@@ -529,28 +549,31 @@ def calibrate_run(
     ``test_time_flip`` is ``"auto"`` (choose on validation), ``"on"`` or ``"off"``.
     """
     if test_time_flip not in FLIP_MODES:
-        raise ValueError(f"test_time_flip must be one of {', '.join(FLIP_MODES)}, got {test_time_flip!r}.")
+        raise ValueError(f"Invalid test_time_flip {test_time_flip!r}: use one of {', '.join(FLIP_MODES)}.")
     run_dir = Path(run_dir)
-    classifier, scored = score_splits(
-        run_dir, dataset=dataset, batch_size=batch_size, test_time_flip=test_time_flip == "on"
-    )
+    run = load_run(run_dir, dataset=dataset, test_time_flip=test_time_flip == "on")
+    classifier = run.classifier
     flip_choice = {"mode": test_time_flip, "test_time_flip": test_time_flip == "on"}
     if test_time_flip == "auto":
-        mirrored_classifier, mirrored = score_splits(
-            run_dir, dataset=dataset, batch_size=batch_size, test_time_flip=True
-        )
-        flip_choice.update(choose_test_time_flip(scored["validation"], mirrored["validation"]))
-        if flip_choice["test_time_flip"]:
-            classifier, scored = mirrored_classifier, mirrored
+        # Only the validation split is scored both ways. The other splits use the chosen mode.
+        single = score_split(run, "validation", batch_size=batch_size)
+        classifier.test_time_flip = True
+        mirrored = score_split(run, "validation", batch_size=batch_size)
+        flip_choice.update(choose_test_time_flip(single, mirrored))
+        classifier.test_time_flip = flip_choice["test_time_flip"]
+        validation = mirrored if classifier.test_time_flip else single
         logger.info(
             "Validation accuracy %.2f%% single, %.2f%% with mirror averaging: test_time_flip=%s",
             100 * flip_choice["validation"]["single"]["accuracy"],
             100 * flip_choice["validation"]["mirror_average"]["accuracy"],
             flip_choice["test_time_flip"],
         )
+    else:
+        validation = score_split(run, "validation", batch_size=batch_size)
+    train = score_split(run, "train", batch_size=batch_size)
+    test = score_split(run, "test", batch_size=batch_size)
     weights_path = run_dir / WEIGHTS_NAME
     weights_before = file_sha256(weights_path)
-    train, validation, test = scored["train"], scored["validation"], scored["test"]
 
     # Fit: feature statistics on train, temperature and thresholds on validation.
     temperature = fit_temperature(validation.logits, validation.labels)
