@@ -56,7 +56,7 @@ class BrainTumorClassifier(
     writes the feature statistics that the score needs to ``ood_statistics.safetensors``.
 
     With ``test_time_flip`` the model in eval mode scores each slice and its left-right mirror in
-    one batch and averages the two (features and logits alike); in training mode it never does.
+    one batch and averages the two, features and logits alike. In training mode it never does.
     ``train.calibrate`` turns it on only where it scores better on the validation split.
     """
 

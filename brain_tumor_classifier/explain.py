@@ -563,7 +563,7 @@ def explain_image(
     map and the overlay at the image's original width and height, and a caption that names the
     method, the class and its probability, followed by ``caption_notes[method]`` when given.
     ``probabilities`` are the calibrated class probabilities the caller has already computed for
-    this slice; without them the caption's probability is computed here.
+    this slice. Without them, the caption's probability is computed here.
     """
     input_tensor = classifier.preprocess([image])
     capture = capture_activations_and_gradients(

@@ -20,6 +20,8 @@ from train.calibrate import (
     ECE_BINS,
     FALSE_ALARM_RATE,
     RELIABILITY_DIAGRAM_NAME,
+    SplitOutputs,
+    choose_test_time_flip,
     energy_scores,
     expected_calibration_error,
     file_sha256,
@@ -29,8 +31,6 @@ from train.calibrate import (
     non_mri_images,
     out_of_scope_scores,
     out_of_scope_threshold,
-    SplitOutputs,
-    choose_test_time_flip,
     score_splits,
     softmax,
 )
@@ -350,7 +350,7 @@ def _outputs(logits, labels):
     return SplitOutputs(np.zeros((len(logits), 1)), logits, np.asarray(labels))
 
 
-def test_mirror_average_is_chosen_by_accuracy_then_loss():
+def test_flip_choice_accuracy_then_loss():
     labels = [0, 1, 1]
     single = _outputs([[2, 0, 0], [0, 2, 0], [2, 0, 0]], labels)
     better = _outputs([[2, 0, 0], [0, 2, 0], [0, 1, 0]], labels)
@@ -365,7 +365,7 @@ def test_mirror_average_is_chosen_by_accuracy_then_loss():
     assert choose_test_time_flip(single, same_accuracy_lower_loss)["test_time_flip"] is True
 
 
-def test_calibrate_can_force_mirror_averaging(calibrated_run, tmp_path):
+def test_calibrate_forces_mirror_averaging(calibrated_run, tmp_path):
     run_dir = tmp_path / "forced"
     shutil.copytree(calibrated_run[0], run_dir)
 

@@ -81,7 +81,7 @@ def test_timm_registry_builds_both_architectures():
         assert model.num_classes == 3
 
 
-def test_mirror_average_applies_in_eval_mode_only():
+def test_mirror_average_in_eval_only():
     torch.manual_seed(0)
     model = BrainTumorClassifier(input_size=32, test_time_flip=True)
     inputs = torch.randn(3, 1, 32, 32)
@@ -89,7 +89,7 @@ def test_mirror_average_applies_in_eval_mode_only():
     model.eval()
     expected = (model.model(inputs) + model.model(inputs.flip(-1))) / 2
     assert torch.allclose(model(inputs), expected, atol=1e-5)
-    # Averaging over both mirror images makes the answer the same for a slice and its mirror.
+    # Averaging over both mirror images makes the output the same for a slice and its mirror.
     assert torch.allclose(model(inputs), model(inputs.flip(-1)), atol=1e-5)
     features, logits = model.features_and_logits(inputs)
     mirrored_features, _ = model.features_and_logits(inputs.flip(-1))
@@ -100,7 +100,7 @@ def test_mirror_average_applies_in_eval_mode_only():
     assert torch.equal(model(inputs), model.model(inputs))
 
 
-def test_mirror_average_survives_the_round_trip(tmp_path):
+def test_mirror_average_round_trip(tmp_path):
     BrainTumorClassifier(input_size=32, test_time_flip=True).save_pretrained(tmp_path)
 
     assert json.loads((tmp_path / "config.json").read_text())["test_time_flip"] is True

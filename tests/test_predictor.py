@@ -179,7 +179,7 @@ def test_real_slice_prediction(predictor, real_slice_path):
     assert prediction.gallery[0].overlay.shape == (512, 512, 3)
 
 
-def test_captions_quote_the_shown_probability(tiny_model_dir, slice_image):
+def test_captions_quote_shown_probability(tiny_model_dir, slice_image):
     classifier = BrainTumorClassifier.from_pretrained(str(tiny_model_dir), test_time_flip=True)
     # A bright band on the left makes the slice unlike its mirror image.
     pixels = np.array(slice_image)
