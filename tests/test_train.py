@@ -128,6 +128,40 @@ def test_mixup_and_cutmix_train_with_soft_targets(tiny_imagefolder, tmp_path):
     assert (recorded["mixup_alpha"], recorded["cutmix_alpha"]) == (0.2, 1.0)
 
 
+def test_augmentation_options_reach_batches(tiny_imagefolder, tmp_path, monkeypatch):
+    seen = []
+    original = training.augment_batch
+
+    def recording_augment(pixels, **options):
+        seen.append(options)
+        return original(pixels, **options)
+
+    monkeypatch.setattr(training, "augment_batch", recording_augment)
+    exit_code = train_main(
+        ["--dataset", str(tiny_imagefolder), "--output-dir", str(tmp_path), "--epochs", "1",
+         "--image-size", "32", "--batch-size", "8", "--eval-batch-size", "8",
+         "--rotation-degrees", "25", "--scale-jitter", "0.2", "--translation", "0.1", "--intensity-jitter", "0.2"]
+    )
+
+    assert exit_code == 0
+    assert seen and all(
+        options == {"max_rotation_degrees": 25.0, "scale_range": (0.8, 1.2), "max_translation": 0.1,
+                    "intensity_jitter": 0.2}
+        for options in seen
+    )
+    assert json.loads((tmp_path / "train_config.json").read_text())["rotation_degrees"] == 25.0
+
+
+@pytest.mark.parametrize("flag, value", [("--scale-jitter", "1.5"), ("--rotation-degrees", "-5")])
+def test_augmentation_out_of_range_is_rejected(tiny_imagefolder, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit):
+        train_main(["--dataset", str(tiny_imagefolder), "--output-dir", str(tmp_path), flag, value])
+
+    error = capsys.readouterr().err
+    assert f"Invalid {flag} {value}" in error
+    assert "use a value between" in error
+
+
 @pytest.fixture
 def fresh_accelerator_state():
     """Forget Accelerate's process-wide state, which keeps the first run's mixed precision."""

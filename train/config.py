@@ -31,6 +31,10 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
+    rotation_degrees: float = 15.0
+    scale_jitter: float = 0.1
+    translation: float = 0.08
+    intensity_jitter: float = 0.15
     mixed_precision: str = "no"
     channels_last: bool = True
     seed: int = 42
@@ -65,6 +69,13 @@ HELP = {
     "mixup_alpha": "Beta-distribution alpha of mixup between training images (timm's Mixup); 0 turns it off.",
     "cutmix_alpha": "Beta-distribution alpha of CutMix between training images; 0 turns it off.",
     "mix_prob": "Share of training batches that get mixup or CutMix when either is on.",
+    "rotation_degrees": "Largest random rotation of a training slice, in degrees either way.",
+    "scale_jitter": "Random zoom of a training slice, as a fraction: 0.1 scales by 0.9 to 1.1.",
+    "translation": "Largest random shift of a training slice, as a fraction of its width and height.",
+    "intensity_jitter": (
+        "Random contrast and brightness change x: contrast times 1 - x to 1 + x, brightness shifted by "
+        "up to x times half the intensity range."
+    ),
     "mixed_precision": "'no' or 'bf16' (autocast on CPU and GPU; weights stay float32).",
     "channels_last": "Use the channels-last memory format (faster convolutions on CPU).",
     "seed": "Seed for the split, weight initialization, shuffling and augmentation.",
@@ -117,4 +128,23 @@ def resolve_config(args: argparse.Namespace, command: str) -> TrainConfig:
     config = replace(config, **flags, command=command)
     if not config.dataset or not config.output_dir:
         raise ValueError("Both --dataset and --output-dir are required (on the command line or in --config).")
+    check_augmentation(config)
     return config
+
+
+def check_augmentation(config: TrainConfig) -> None:
+    """Raise ValueError for an augmentation strength outside its limits.
+
+    The limits keep every scale and contrast factor positive, so no slice is inverted or blanked.
+    """
+    limits = {
+        "rotation_degrees": (0.0, 180.0),
+        "scale_jitter": (0.0, 0.5),
+        "translation": (0.0, 0.5),
+        "intensity_jitter": (0.0, 0.5),
+    }
+    for name, (low, high) in limits.items():
+        value = getattr(config, name)
+        if not low <= value <= high:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"Invalid {flag} {value:g}: use a value between {low:g} and {high:g}.")

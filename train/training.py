@@ -157,7 +157,14 @@ def train_one_epoch(
         loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not accelerator.is_local_main_process
     )
     for batch_index, (pixels, labels) in enumerate(batches):
-        inputs = normalize(augment_batch(pixels.unsqueeze(1)), classifier.mean, classifier.std)
+        augmented = augment_batch(
+            pixels.unsqueeze(1),
+            max_rotation_degrees=config.rotation_degrees,
+            scale_range=(1 - config.scale_jitter, 1 + config.scale_jitter),
+            max_translation=config.translation,
+            intensity_jitter=config.intensity_jitter,
+        )
+        inputs = normalize(augmented, classifier.mean, classifier.std)
         if config.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         targets = labels
