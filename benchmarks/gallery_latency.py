@@ -53,6 +53,7 @@ from brain_tumor_classifier.explain import (  # noqa: E402
     overlay_cam,
 )
 from brain_tumor_classifier.predictor import Predictor  # noqa: E402
+from train.hardware import cpu_model_name  # noqa: E402
 
 ARCHITECTURES = {"braincancernet": 192, "resnet50": 128}
 SLICE_SIDE = 512
@@ -268,7 +269,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_model_name(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "opencv_threads": cv2.getNumThreads(),

@@ -55,6 +55,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from train.hardware import cpu_model_name  # noqa: E402
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # Shown in the probabilities box in place of a tumor type (space/ui.py, WITHHELD_LABEL).
@@ -204,7 +208,6 @@ def good_samples(images_dir: Path | None, folder: Path, *, count: int, rng: rand
 
 def with_reference_answers(samples: list[Sample], models: list[str]) -> list[Sample]:
     """Predict every sample offline with the app's default model and return the samples with that label."""
-    sys.path.insert(0, str(ROOT))
     import app
 
     sources = app.model_sources(app.parse_args([arg for model in models for arg in ("--model", model)]))
@@ -381,13 +384,7 @@ def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | N
 
 def machine_description() -> str:
     """Return the CPU, core count and Python version of this machine, for the results file."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:

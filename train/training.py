@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from .data import (
 )
 from .evaluate import classification_metrics, measure_inference, predict_pixels, write_evaluation
 from .groups import GROUPING_DECODE_SIZE, group_split, sequence_numbers, similarity_groups
+from .hardware import cpu_model_name
 from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -77,15 +77,7 @@ def describe_hardware(accelerator: Accelerator) -> str:
     if accelerator.device.type == "cuda":
         name = torch.cuda.get_device_name(accelerator.device)
         return f"{accelerator.num_processes} x {name}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {torch.get_num_threads()} threads, {accelerator.num_processes} process(es)"
+    return f"CPU: {cpu_model_name()}, {torch.get_num_threads()} threads, {accelerator.num_processes} process(es)"
 
 
 def prepare_data(config: TrainConfig, output_dir: Path, accelerator: Accelerator) -> SplitPixels:
