@@ -358,7 +358,12 @@ def _faithfulness_table(faithfulness: dict) -> str:
     ]
     chance = faithfulness.get(CHANCE_BASELINE_KEY)
     if chance:
-        rows.append(["chance (box area share)", chance["box_area_share"], chance["box_area_share"], None])
+        rows.append([
+            "chance (box area share, random map)",
+            chance["box_area_share"],
+            chance["box_area_share"],
+            chance.get("road_random_map"),
+        ])
     return markdown_table(["method", "pointing game", "energy pointing", "ROAD"], rows)
 
 

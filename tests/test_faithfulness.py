@@ -175,7 +175,10 @@ def test_command_writes_chance_and_settings(scored_run):
     manifest = json.loads((scored_run / "split_manifest.json").read_text())
 
     # Every generated box is 10 x 10 px on a 48 x 40 slice.
-    assert scores[CHANCE_BASELINE_KEY] == {"box_area_share": round(100 / (48 * 40), 4), "num_images": 3}
+    chance = scores[CHANCE_BASELINE_KEY]
+    assert chance["box_area_share"] == round(100 / (48 * 40), 4)
+    assert chance["num_images"] == 3
+    assert -1.0 <= chance["road_random_map"] <= 1.0
     settings = scores[SETTINGS_KEY]
     assert settings["command"] == f"python -m train.faithfulness --run-dir {scored_run} --limit 3"
     assert settings["road_fraction"] == 0.2
@@ -258,7 +261,11 @@ def test_report_section_equals_file(scored_run):
             f"| {values['energy_pointing'] / chance:.2f}x | {values['road']:+.4f} |"
         )
         assert row in text, method
-    assert f"| chance (box area share) | {100 * chance:.2f}% | {100 * chance:.2f}% | 1.00x | n/a |" in text
+    road = scores[CHANCE_BASELINE_KEY]["road_random_map"]
+    assert (
+        f"| chance (box area share, random map) | {100 * chance:.2f}% | {100 * chance:.2f}% | 1.00x | {road:+.4f} |"
+        in text
+    )
     assert "Not measured (no `faithfulness.json` in the run folder): resnet50 (group)." in text
 
 
@@ -271,7 +278,7 @@ def test_report_rows_follow_energy_pointing(scored_run):
 
     names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
     expected = sorted(method_scores(scores), key=lambda method: -scores[method]["energy_pointing"])
-    assert names == [*expected, "chance (box area share)"]
+    assert names == [*expected, "chance (box area share, random map)"]
 
 
 def test_report_plot_written(scored_run, tmp_path):

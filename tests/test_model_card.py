@@ -125,7 +125,7 @@ CALIBRATION = {
 FAITHFULNESS = {
     "GradCAM": {"pointing_game": 0.5, "energy_pointing": 0.1234, "road": -0.0456, "num_images": 460},
     "EigenCAM": {"pointing_game": 0.25, "energy_pointing": 0.2345, "road": -0.0123, "num_images": 460},
-    "chance_baseline": {"box_area_share": 0.0612, "num_images": 460},
+    "chance_baseline": {"box_area_share": 0.0612, "road_random_map": -0.0101, "num_images": 460},
     "settings": {
         "road_fraction": 0.2,
         "seed": 0,
@@ -379,7 +379,7 @@ def test_card_faithfulness_equals_file(measured_run_dir: Path) -> None:
         "| --- | --- | --- | --- |",
         "| EigenCAM | 0.2500 | 0.2345 | -0.0123 |",
         "| GradCAM | 0.5000 | 0.1234 | -0.0456 |",
-        "| chance (box area share) | 0.0612 | 0.0612 | n/a |",
+        "| chance (box area share, random map) | 0.0612 | 0.0612 | -0.0101 |",
     ]
 
 

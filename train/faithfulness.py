@@ -22,7 +22,9 @@ Beside the methods, the file has two entries that are not method names, so the g
 - ``chance_baseline``: ``box_area_share``, the mean share of the image area inside the tumor box
   over the scored slices. A map that is constant over the image gets this energy pointing, and
   a map whose maximum lies at a uniformly random pixel gets this pointing game in expectation.
-  ROAD has no chance value here.
+  ``road_random_map``, the mean ROAD change when a uniformly random map chooses the removed
+  pixels (the same share as for the methods). A method's ROAD shows faithfulness only by as much
+  as it lies below this value.
 - ``settings``: the command, the ROAD fraction, the seed and how many test slices there were
   and how many of them had a box.
 
@@ -69,6 +71,8 @@ SCORE_KEYS = ("pointing_game", "energy_pointing", "road")
 # Entries of faithfulness.json that are not methods.
 CHANCE_BASELINE_KEY = "chance_baseline"
 SETTINGS_KEY = "settings"
+# Not a Grad-CAM method name, so it never collides with one in the ROAD batch.
+RANDOM_MAP_NAME = "random map"
 
 
 class Box(NamedTuple):
@@ -209,6 +213,13 @@ def spread_rows(rows: Sequence[int], limit: int | None) -> list[int]:
     return [rows[position] for position in positions]
 
 
+class ImageScores(NamedTuple):
+    """The scores of one slice: per method, and ROAD for a uniformly random map."""
+
+    methods: dict[str, dict[str, float]]
+    road_random_map: float
+
+
 def score_image(
     classifier: BrainTumorClassifier,
     image: Image.Image,
@@ -216,13 +227,21 @@ def score_image(
     *,
     methods: Sequence[str],
     road_fraction: float,
-) -> dict[str, dict[str, float]]:
-    """Score every method's map of the predicted class on one slice."""
+    rng: np.random.Generator,
+) -> ImageScores:
+    """Score every method's map of the predicted class on one slice, and ROAD for a map drawn from ``rng``."""
     input_tensor = classifier.preprocess([image])
     capture = capture_activations_and_gradients(classifier.model, input_tensor)
     maps = cam_maps_from_capture(capture, classifier.model, methods=methods)
     mask = box_mask(box, image.width, image.height)
-    road = road_scores(classifier, capture.input_tensor, maps, capture.target_class, fraction=road_fraction)
+    random_map = rng.random(capture.input_tensor.shape[-2:], dtype=np.float32)
+    road = road_scores(
+        classifier,
+        capture.input_tensor,
+        {**maps, RANDOM_MAP_NAME: random_map},
+        capture.target_class,
+        fraction=road_fraction,
+    )
     scores = {}
     for name, input_map in maps.items():
         cam = cam_to_original_geometry(input_map, image.size)
@@ -231,7 +250,7 @@ def score_image(
             "energy_pointing": energy_inside(cam, mask),
             "road": road[name],
         }
-    return scores
+    return ImageScores(methods=scores, road_random_map=road[RANDOM_MAP_NAME])
 
 
 def measure_faithfulness(
@@ -291,22 +310,28 @@ def measure_faithfulness(
 
     # The ROAD imputer adds Gaussian noise, so a fixed seed makes the scores repeatable.
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     totals = {name: dict.fromkeys(SCORE_KEYS, 0.0) for name in methods}
-    area_share_total = 0.0
+    area_share_total, road_random_total = 0.0, 0.0
     for row in tqdm(selected, desc="Scoring Grad-CAM methods", unit="slice", disable=not progress):
         image = images.dataset[row][images.image_column]
         box = box_of[images.file_ids[row]]
-        scores = score_image(classifier, image, box, methods=methods, road_fraction=road_fraction)
-        for name, values in scores.items():
+        scores = score_image(classifier, image, box, methods=methods, road_fraction=road_fraction, rng=rng)
+        for name, values in scores.methods.items():
             for key, value in values.items():
                 totals[name][key] += value
         area_share_total += box_area_share(box_mask(box, image.width, image.height))
+        road_random_total += scores.road_random_map
     count = len(selected)
     result: dict[str, dict] = {
         name: {**{key: round(value / count, 4) for key, value in sums.items()}, "num_images": count}
         for name, sums in totals.items()
     }
-    result[CHANCE_BASELINE_KEY] = {"box_area_share": round(area_share_total / count, 4), "num_images": count}
+    result[CHANCE_BASELINE_KEY] = {
+        "box_area_share": round(area_share_total / count, 4),
+        "road_random_map": round(road_random_total / count, 4),
+        "num_images": count,
+    }
     result[SETTINGS_KEY] = {
         "road_fraction": road_fraction,
         "seed": seed,
@@ -359,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="Share of the input pixels, most relevant first, that ROAD replaces (default: %(default)s).",
     )
-    parser.add_argument("--seed", default=0, type=int, help="Seed of the ROAD imputation noise.")
+    parser.add_argument("--seed", default=0, type=int, help="Seed of the ROAD imputation noise and of the random map.")
     return parser
 
 

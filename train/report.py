@@ -141,7 +141,9 @@ def faithfulness_rows(faithfulness: dict) -> list[str]:
         )
     if chance:
         share = percent(chance["box_area_share"])
-        rows.append(f"| chance (box area share) | {share} | {share} | 1.00x | n/a |")
+        # Files written before the random-map baseline existed have no ROAD chance value.
+        road = f"{chance['road_random_map']:+.4f}" if "road_random_map" in chance else "n/a"
+        rows.append(f"| chance (box area share, random map) | {share} | {share} | 1.00x | {road} |")
     return rows
 
 
@@ -157,7 +159,8 @@ def faithfulness_lines(results: list[RunResult]) -> list[str]:
         "predicted class's probability after the most relevant input pixels are imputed (more negative "
         "means a more faithful map). The chance row is the mean share of the image area inside the box: "
         "a constant map gets it as energy pointing, and a map whose maximum falls on a uniformly random "
-        "pixel gets it as pointing game in expectation. ROAD has no chance value here.",
+        "pixel gets it as pointing game in expectation. Its ROAD is the change when a uniformly random map "
+        "chooses the imputed pixels, so a method's map is faithful only by as much as its ROAD lies below it.",
         "",
     ]
     if not scored:
