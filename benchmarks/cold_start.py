@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from load_test import ROOT, app_environment, free_port, local_server, machine_description, rss_bytes, synthetic_slice
+from load_test import ROOT, app_environment, client_temp_folder, free_port, local_server, machine_description, rss_bytes, synthetic_slice
 
 # Runs in a fresh interpreter. It mirrors app.main and prints the phase times as one JSON line.
 BREAKDOWN_SCRIPT = r"""
@@ -84,7 +84,7 @@ def end_to_end(slice_path: Path, models: list[str], *, log_path: Path, timeout_s
     """Start app.py, wait for its page and its first two prediction responses, and return the times in seconds."""
     from gradio_client import Client, handle_file
 
-    with tempfile.TemporaryDirectory(prefix="cold-start-downloads-") as downloads:
+    with tempfile.TemporaryDirectory(prefix="cold-start-downloads-") as downloads, client_temp_folder(downloads):
         started = time.perf_counter()
         with local_server(models, [], log_path=log_path, timeout_s=timeout_s, app_dir=app_dir) as (url, pid):
             page_served = time.perf_counter() - started

@@ -122,6 +122,21 @@ def app_environment() -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def client_temp_folder(folder: str | Path) -> Iterator[None]:
+    """Make ``folder`` Python's temp folder while gradio_client clients run in this process.
+
+    gradio_client 2.7 fetches each output file through a new folder in the temp folder and leaves
+    that folder behind empty, one per gallery image.
+    """
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
+@contextlib.contextmanager
 def local_server(
     models: list[str], extra: list[str], *, log_path: Path, timeout_s: float, app_dir: Path = ROOT
 ) -> Iterator[tuple[str, int]]:
@@ -337,7 +352,7 @@ def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | N
     rss_before = rss_bytes(server_pid)
     sampler = RssSampler(server_pid)
     sampler.start()
-    with tempfile.TemporaryDirectory(prefix="load-test-downloads-") as download_dir:
+    with tempfile.TemporaryDirectory(prefix="load-test-downloads-") as download_dir, client_temp_folder(download_dir):
         threads = [
             threading.Thread(
                 target=run_client,

@@ -5,6 +5,7 @@ import importlib
 import json
 import signal
 import socket
+import tempfile
 import threading
 import types
 from contextlib import contextmanager
@@ -44,6 +45,22 @@ def serving(demo: gr.Blocks) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def client_temp_folder(tmp_path_factory) -> Iterator[Path]:
+    """Make this module's folder Python's temp folder while its gradio_client clients run.
+
+    gradio_client 2.7 fetches each output file through a new folder in the temp folder and leaves
+    that folder behind empty. ``mktemp`` fixes pytest's own base folder before the switch.
+    """
+    folder = tmp_path_factory.mktemp("client-temp")
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
 
 
 def _client(url: str, downloads: Path) -> Client:
