@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in sorted(method_scores(scores).items(), key=lambda item: -item[1]["energy_pointing"]):
         print(f"{name:20s} {values['pointing_game']:9.1%} {values['energy_pointing']:7.1%} {values['road']:+7.3f}")
     chance = scores[CHANCE_BASELINE_KEY]
-    print(f"{'chance (box area)':20s} {chance['box_area_share']:9.1%} {chance['box_area_share']:7.1%} {'n/a':>7s}")
+    share, road = chance["box_area_share"], chance["road_random_map"]
+    print(f"{'chance (random map)':20s} {share:9.1%} {share:7.1%} {road:+7.3f}")
     print(f"Wrote {path} ({chance['num_images']} slices)")
     return 0
 
