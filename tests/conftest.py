@@ -32,6 +32,17 @@ TINY_INPUT_SIZE = 64
 SLICE_SIZE = (80, 56)  # width, height: deliberately not square
 
 
+@pytest.fixture(scope="session", autouse=True)
+def float32_auto_precision():
+    """Make ``--mixed-precision auto`` (the default) train in float32 whatever CPU runs the suite.
+
+    Otherwise the tiny training runs would use bf16 on some machines and float32 on others.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("train.hardware.cpu_has_native_bf16", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A randomly initialized BrainCancerNet with 64 px input, saved with save_pretrained."""

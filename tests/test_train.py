@@ -9,7 +9,9 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 from brain_tumor_classifier import BrainTumorClassifier
-from train import training
+from train import hardware, training
+from train.compare import matches_recipe, recipe_config
+from train.hardware import cpu_has_native_bf16 as real_cpu_has_native_bf16
 from train.__main__ import main as train_main
 from train.data import load_labeled_images, read_manifest_split, stratified_split
 from train.evaluate import main as evaluate_main
@@ -192,3 +194,43 @@ def test_bf16_run_scores_test_in_float32(tiny_imagefolder, tmp_path, monkeypatch
     assert exit_code == 0
     assert conv_output_dtypes
     assert set(conv_output_dtypes) == {torch.float32}
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "no")])
+def test_auto_precision_uses_bf16_only_where_native(monkeypatch, native, expected):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    assert hardware.resolve_mixed_precision("auto", torch.device("cpu")) == expected
+    assert hardware.resolve_mixed_precision("no", torch.device("cpu")) == "no"
+
+
+def test_forced_bf16_without_native_support_warns(monkeypatch, caplog):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="train.hardware"):
+        assert hardware.resolve_mixed_precision("bf16", torch.device("cpu")) == "bf16"
+    assert "--mixed-precision auto or no" in caplog.text
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(True, False, True), (False, True, True), (False, False, False)])
+def test_native_bf16_check_reads_torch_cpu_capabilities(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    # conftest replaces hardware.cpu_has_native_bf16 for the session; this is the function itself.
+    assert real_cpu_has_native_bf16() is expected
+
+
+def test_native_bf16_check_falls_back_to_cpu_flags(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert isinstance(real_cpu_has_native_bf16(), bool)
+
+
+@pytest.mark.parametrize("recorded_precision", ["bf16", "no"])
+def test_auto_precision_recipe_reuses_runs_in_either_precision(tmp_path, recorded_precision):
+    config = recipe_config("braincancernet", "random", "data", tmp_path)
+    assert config.mixed_precision == "auto"
+    recorded = {**config.to_dict(), "mixed_precision": recorded_precision}
+    (tmp_path / "train_config.json").write_text(json.dumps(recorded))
+    (tmp_path / "metrics.json").write_text("{}")
+    assert matches_recipe(tmp_path, config)
+
+    (tmp_path / "train_config.json").write_text(json.dumps({**recorded, "image_size": 64}))
+    assert not matches_recipe(tmp_path, config)

@@ -73,6 +73,9 @@ def matches_recipe(run_dir: Path, config: TrainConfig) -> bool:
     expected = config.to_dict()
     defaults = TrainConfig().to_dict()
     keys = ["model", "split", "seed", "group_column", *RECIPES[config.model]]
+    if expected["mixed_precision"] == "auto":
+        # 'auto' leaves the precision to the hardware, so a run in either precision fits the recipe.
+        keys.remove("mixed_precision")
     # A key missing from an older train_config.json had its default value then.
     return all(recorded.get(key, defaults[key]) == expected[key] for key in keys)
 

@@ -2,8 +2,10 @@
 
 The numbers were chosen to fit a 2-core CPU in about an hour per run: BrainCancerNet
 at 288 px for 100 epochs, ResNet50 from scratch at 128 px for 30 epochs (about four times
-the cost per image). bf16 autocast roughly doubled training throughput on an AVX-512 CPU
-(see benchmarks/README.md); weights stay in float32.
+the cost per image). Both recipes use ``--mixed-precision auto``: bf16 autocast (weights stay in
+float32) where the hardware computes bf16 natively, float32 elsewhere. bf16 roughly doubled
+training throughput on an AMD EPYC with AVX-512 BF16, and made it about 10 times slower on an
+AVX2-only EPYC, where it is emulated (see benchmarks/README.md).
 
 BrainCancerNet's recipe was chosen on validation accuracy (random split, seed 42) among these
 runs of ``python -m train`` with the options shown and the other values below:
@@ -55,7 +57,7 @@ RECIPES: dict[str, dict] = {
         "label_smoothing": 0.1,
         "drop_rate": 0.3,
         "ema_decay": 0.998,
-        "mixed_precision": "bf16",
+        "mixed_precision": "auto",
     },
     "resnet50": {
         "image_size": 128,
@@ -67,6 +69,6 @@ RECIPES: dict[str, dict] = {
         "label_smoothing": 0.1,
         "drop_rate": 0.2,
         "ema_decay": 0.998,
-        "mixed_precision": "bf16",
+        "mixed_precision": "auto",
     },
 }

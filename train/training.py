@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -36,7 +36,7 @@ from .data import (
 )
 from .evaluate import classification_metrics, measure_inference, predict_pixels, write_evaluation
 from .groups import GROUPING_DECODE_SIZE, group_split, sequence_numbers, similarity_groups
-from .hardware import cpu_model_name
+from .hardware import cpu_model_name, resolve_mixed_precision
 from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,10 @@ def evaluate_loader(model, loader, criterion, accelerator, config, classifier) -
 
 def run_training(config: TrainConfig) -> dict:
     """Train, keep the best epoch on validation, export it, and evaluate it on the test split."""
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    precision = resolve_mixed_precision(config.mixed_precision, PartialState().device)
+    accelerator = Accelerator(mixed_precision=precision)
+    if accelerator.is_main_process:
+        logger.info("Mixed precision: %s (requested %s)", precision, config.mixed_precision)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
@@ -308,7 +311,8 @@ def run_training(config: TrainConfig) -> dict:
     # prepare() wrapped the model's forward in bf16 autocast when mixed precision is on. The export
     # runs in float32 wherever it is loaded, so the test split is scored without that wrapper.
     classifier = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    return finish_run(config, output_dir, classifier, best_weights, state, data, describe_hardware(accelerator))
+    hardware = f"{describe_hardware(accelerator)}, mixed precision {precision}"
+    return finish_run(config, output_dir, classifier, best_weights, state, data, hardware)
 
 
 def finish_run(
