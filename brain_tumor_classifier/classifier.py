@@ -13,7 +13,7 @@ import safetensors.torch
 import timm
 import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import RemoteEntryNotFoundError
 from PIL import Image
 from torch import nn
 
@@ -279,33 +279,35 @@ class BrainTumorClassifier(
                 f"{model_id} has no usable {CONFIG_NAME} (it needs 'architecture' and 'label_names'). "
                 "Point to a folder written by save_pretrained or a repository pushed by train.push."
             )
-        if os.path.isdir(model_id):
-            weights_file = Path(model_id) / WEIGHTS_NAME
-            if not weights_file.is_file():
-                raise FileNotFoundError(
-                    f"{weights_file} is missing: the folder is not a complete export "
-                    f"(it needs {WEIGHTS_NAME} and {CONFIG_NAME})."
-                )
-        else:
-            try:
-                weights_file = hf_hub_download(
-                    repo_id=model_id,
-                    filename=WEIGHTS_NAME,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    force_download=force_download,
-                    token=token,
-                    local_files_only=local_files_only,
-                )
-            except EntryNotFoundError as error:
-                raise FileNotFoundError(f"{model_id} has no {WEIGHTS_NAME}.") from error
+        download = {
+            "revision": revision,
+            "cache_dir": cache_dir,
+            "force_download": force_download,
+            "token": token,
+            "local_files_only": local_files_only,
+        }
+        weights_file = _export_file(
+            model_id,
+            WEIGHTS_NAME,
+            f"the export is not complete (it needs {WEIGHTS_NAME} and {CONFIG_NAME}).",
+            download,
+        )
 
         instance = cls(**model_kwargs)
         if instance.ood_threshold is not None:
+            # A config with ood_threshold promises the statistics file. Without it the model would give
+            # confident tumor types for any input, so loading fails instead of skipping the check.
             instance.load_ood_statistics(
-                _ood_statistics_file(model_id, revision, cache_dir, force_download, token, local_files_only)
+                _export_file(
+                    model_id,
+                    OOD_STATISTICS_NAME,
+                    f"config.json sets ood_threshold, which needs this file. Copy {OOD_STATISTICS_NAME} "
+                    "from the run folder, rerun python -m train.calibrate, or set ood_threshold to null "
+                    "in config.json to load the model without the out-of-scope check.",
+                    download,
+                )
             )
-        state_dict = safetensors.torch.load_file(str(weights_file), device=str(map_location))
+        state_dict = safetensors.torch.load_file(weights_file, device=str(map_location))
         instance.load_model_weights(state_dict, source=str(weights_file))
         instance.to(map_location)
         instance.eval()
@@ -348,34 +350,20 @@ def _mean_of_halves(outputs: torch.Tensor) -> torch.Tensor:
     return (originals + mirrors) / 2
 
 
-def _ood_statistics_file(
-    model_id: str,
-    revision: str | None,
-    cache_dir: str | Path | None,
-    force_download: bool,
-    token: str | bool | None,
-    local_files_only: bool,
-) -> str:
-    # A config with ood_threshold promises the statistics file. Without it the model would give
-    # confident tumor types for any input, so loading fails instead of silently skipping the check.
-    fix = (
-        f"Copy {OOD_STATISTICS_NAME} from the run folder, rerun python -m train.calibrate, or set "
-        "ood_threshold to null in config.json to load the model without the out-of-scope check."
-    )
+def _export_file(model_id: str, filename: str, reason: str, download: dict) -> str:
+    """Return the local path of ``filename`` from an export folder or a Hub repository.
+
+    A file missing from the folder or the repository raises ``FileNotFoundError`` that names it
+    and gives ``reason``. A file missing only from the local cache in offline mode raises
+    huggingface_hub's ``LocalEntryNotFoundError``, which explains the cache miss. ``download``
+    holds the ``hf_hub_download`` options.
+    """
     if os.path.isdir(model_id):
-        path = Path(model_id) / OOD_STATISTICS_NAME
+        path = Path(model_id) / filename
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing although config.json sets ood_threshold. {fix}")
+            raise FileNotFoundError(f"{path} is missing: {reason}")
         return str(path)
     try:
-        return hf_hub_download(
-            repo_id=model_id,
-            filename=OOD_STATISTICS_NAME,
-            revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            token=token,
-            local_files_only=local_files_only,
-        )
-    except EntryNotFoundError as error:
-        raise FileNotFoundError(f"{model_id} has no {OOD_STATISTICS_NAME} although its config sets ood_threshold. {fix}") from error
+        return hf_hub_download(repo_id=model_id, filename=filename, **download)
+    except RemoteEntryNotFoundError as error:
+        raise FileNotFoundError(f"{model_id} has no {filename}: {reason}") from error

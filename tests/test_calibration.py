@@ -181,7 +181,7 @@ def test_missing_statistics_file_is_reported(tmp_path):
     _with_statistics(BrainTumorClassifier(input_size=32), threshold=2.5).save_pretrained(tmp_path)
     (tmp_path / OOD_STATISTICS_NAME).unlink()
 
-    with pytest.raises(FileNotFoundError, match=r"ood_statistics\.safetensors is missing although config\.json sets"):
+    with pytest.raises(FileNotFoundError, match=r"ood_statistics\.safetensors is missing: config\.json sets ood_threshold"):
         BrainTumorClassifier.from_pretrained(str(tmp_path))
 
 

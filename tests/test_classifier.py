@@ -1,12 +1,15 @@
 """Save/load round trips and strict loading of the Hub classifier."""
 
 import json
+import types
 
 import pytest
 import timm
 import torch
+from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
 from brain_tumor_classifier import BrainTumorClassifier, WeightsMismatchError
+from brain_tumor_classifier import classifier as classifier_module
 
 
 @pytest.mark.parametrize("architecture", ["braincancernet", "resnet50"])
@@ -61,6 +64,30 @@ def test_missing_weights_file_is_reported(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
         BrainTumorClassifier.from_pretrained(str(tmp_path))
+
+
+def _raise(error: Exception):
+    def download(**options):
+        raise error
+
+    return download
+
+
+def test_file_missing_from_hub_repo_is_reported(monkeypatch):
+    # huggingface_hub reads the response's headers and request, so a stand-in response carries both.
+    response = types.SimpleNamespace(headers={}, status_code=404, request=None)
+    monkeypatch.setattr(classifier_module, "hf_hub_download", _raise(RemoteEntryNotFoundError("404", response=response)))
+
+    with pytest.raises(FileNotFoundError, match=r"^owner/model has no model\.safetensors: the export is not complete"):
+        classifier_module._export_file("owner/model", "model.safetensors", "the export is not complete.", {})
+
+
+def test_offline_cache_miss_keeps_hub_error(monkeypatch):
+    cache_miss = LocalEntryNotFoundError("Cannot find the requested files in the local cache.")
+    monkeypatch.setattr(classifier_module, "hf_hub_download", _raise(cache_miss))
+
+    with pytest.raises(LocalEntryNotFoundError, match="local cache"):
+        classifier_module._export_file("owner/model", "model.safetensors", "the export is not complete.", {})
 
 
 def test_folder_without_config_is_reported(tmp_path):
