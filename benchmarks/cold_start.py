@@ -39,7 +39,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from load_test import ROOT, app_environment, client_temp_folder, free_port, local_server, machine_description, rss_bytes, synthetic_slice
+from load_test import ROOT, app_environment, free_port, local_server, machine_description, rss_bytes, synthetic_slice
+
+from space.client import client_temp_folder
 
 # Runs in a fresh interpreter. It mirrors app.main and prints the phase times as one JSON line.
 BREAKDOWN_SCRIPT = r"""

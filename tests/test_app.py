@@ -5,7 +5,6 @@ import importlib
 import json
 import signal
 import socket
-import tempfile
 import threading
 import types
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from brain_tumor_classifier import BrainTumorClassifier
 from brain_tumor_classifier.explain import DEFAULT_METHODS
 from brain_tumor_classifier.predictor import Predictor
 from space import ui
+from space.client import client_temp_folder as client_temp_folder_of
 from space.model_choice import discover_run_folders, rank_run_folders, read_comparison
 from space.ui import DISCLAIMER, build_demo, example_images, launch_options
 from train import space as space_builder
@@ -54,13 +54,8 @@ def client_temp_folder(tmp_path_factory) -> Iterator[Path]:
     gradio_client 2.7 fetches each output file through a new folder in the temp folder and leaves
     that folder behind empty. ``mktemp`` fixes pytest's own base folder before the switch.
     """
-    folder = tmp_path_factory.mktemp("client-temp")
-    previous = tempfile.tempdir
-    tempfile.tempdir = str(folder)
-    try:
+    with client_temp_folder_of(tmp_path_factory.mktemp("client-temp")) as folder:
         yield folder
-    finally:
-        tempfile.tempdir = previous
 
 
 def _client(url: str, downloads: Path) -> Client:

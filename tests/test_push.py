@@ -23,19 +23,17 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import torch
 from huggingface_hub import constants
-from PIL import Image
 
-from brain_tumor_classifier import BrainTumorClassifier
 from model_card import write_model_card
 from train.push import list_export_files, main
+
+from run_folders import make_run_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "example-org/brain-tumor-test"
 TOKEN = "hf_stub_token_for_tests"
 COMMIT_OID = "0123456789abcdef0123456789abcdef01234567"
-LABELS = ["glioma", "meningioma", "pituitary"]
 
 
 # A stub of the Hub endpoints that HfApi.create_repo, create_branch and create_commit call ------
@@ -148,66 +146,9 @@ def hub_stub(failures: dict[str, int] | None = None) -> Iterator[HubStub]:
 # A fake run folder -------------------------------------------------------------------------
 
 
-def make_run_folder(run_dir: Path) -> Path:
-    """Write a run folder as python -m train does (tiny random model, made-up numbers), card included."""
-    torch.manual_seed(0)
-    BrainTumorClassifier(input_size=32).save_pretrained(run_dir)
-
-    metrics = {
-        "split": "test",
-        "split_kind": "random",
-        "num_images": 460,
-        "accuracy": 0.9717391304347826,
-        "balanced_accuracy": 0.9650793650793651,
-        "macro_f1": 0.9671052631578947,
-        "per_class": {
-            name: {"precision": 0.97, "recall": 0.96, "f1": 0.965, "support": 150, "roc_auc": 0.99} for name in LABELS
-        },
-        "confusion_matrix": {"labels": LABELS, "matrix": [[210, 4, 0], [3, 100, 3], [1, 2, 137]]},
-        "inference": {
-            "batch_1_latency_ms": 3.2,
-            "batched_images_per_second": 800.0,
-            "batch_size": 64,
-            "device": "cpu",
-            "threads": 2,
-        },
-        "evaluate_command": f"python -m train.evaluate --run-dir {run_dir}",
-    }
-    train_config = {
-        "model": "braincancernet",
-        "dataset": "/data/brain-tumor-mri",
-        "image_size": 32,
-        "epochs": 1,
-        "batch_size": 32,
-        "lr": 0.002,
-        "weight_decay": 0.05,
-        "warmup_epochs": 0.5,
-        "label_smoothing": 0.1,
-        "mixed_precision": "no",
-        "seed": 7,
-        "split": "random",
-        "command": f"python -m train --dataset /data/brain-tumor-mri --output-dir {run_dir} --epochs 1",
-    }
-    history = {
-        "epochs": [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 0.9, "val_accuracy": 0.6,
-                    "lr": 0.0, "seconds": 60.0}],
-        "best_epoch": 1,
-        "training_seconds": 60.0,
-        "hardware": "test CPU, 2 threads",
-    }
-    manifest = {"source": "/data/brain-tumor-mri", "seed": 7, "kind": "random", "label_names": LABELS,
-                "splits": {"test": [{"file": "glioma/1.jpg", "label": "glioma"}]}}
-
-    for name, content in {
-        "metrics.json": metrics,
-        "confusion_matrix.json": metrics["confusion_matrix"],
-        "train_config.json": train_config,
-        "history.json": history,
-        "split_manifest.json": manifest,
-    }.items():
-        (run_dir / name).write_text(json.dumps(content, indent=2) + "\n")
-    Image.new("L", (8, 8)).save(run_dir / "confusion_matrix.png")
-    Image.new("L", (8, 8)).save(run_dir / "training_curves.png")
+def make_publishable_run_folder(run_dir: Path) -> Path:
+    """Write a fake run folder with its card, plus files that must never be published."""
+    make_run_folder(run_dir)
     write_model_card(run_dir)
 
     # Resumable training state and hidden files must never be published.
@@ -244,7 +185,7 @@ def hub_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    return make_run_folder(tmp_path / "run")
+    return make_publishable_run_folder(tmp_path / "run")
 
 
 def push(run_dir: Path, stub_url: str, *extra: str) -> int:
