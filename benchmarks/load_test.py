@@ -27,7 +27,8 @@ apart (``model_errors_against_folder_labels``), because they are errors of the m
 the server. With ``--url`` pass ``--reference-model`` naming the server's default model.
 
 Results go to ``benchmarks/results/load_test.json``: counts, latency percentiles (upload to
-downloaded gallery), throughput and the server's RSS before, at its peak during, and after the run.
+downloaded gallery), throughput and the server's RSS before, at its peak during, after each
+further 100 finished requests, and after the run.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -57,6 +58,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from space.client import client_temp_folder  # noqa: E402
 from train.hardware import cpu_model_name  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -119,21 +121,6 @@ def app_command(port: int, models: list[str], extra: list[str], *, app_dir: Path
 def app_environment() -> dict[str, str]:
     """Return the environment for a server process: this one's, with Gradio's usage analytics off."""
     return {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-
-
-@contextlib.contextmanager
-def client_temp_folder(folder: str | Path) -> Iterator[None]:
-    """Make ``folder`` Python's temp folder while gradio_client clients run in this process.
-
-    gradio_client 2.7 fetches each output file through a new folder in the temp folder and leaves
-    that folder behind empty, one per gallery image.
-    """
-    previous = tempfile.tempdir
-    tempfile.tempdir = str(folder)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = previous
 
 
 @contextlib.contextmanager
@@ -329,19 +316,30 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 class RssSampler(threading.Thread):
-    """Background sampler of a process's RSS, every ``interval_s`` seconds, that keeps the maximum."""
+    """Background sampler of a process's RSS, every ``interval_s`` seconds.
 
-    def __init__(self, pid: int | None, interval_s: float = 0.5) -> None:
+    It keeps the maximum, and the RSS when the number of finished requests (``finished()``) first
+    reaches each multiple of ``every``, so a results file shows whether memory levels off.
+    """
+
+    def __init__(
+        self, pid: int | None, finished: Callable[[], int], *, every: int = 100, interval_s: float = 0.5
+    ) -> None:
         super().__init__(daemon=True)
-        self.pid, self.interval_s = pid, interval_s
+        self.pid, self.finished, self.every, self.interval_s = pid, finished, every, interval_s
         self.peak = rss_bytes(pid)
+        self.by_requests: dict[int, int] = {}
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval_s):
             current = rss_bytes(self.pid)
-            if current is not None and (self.peak is None or current > self.peak):
-                self.peak = current
+            if current is None:
+                continue
+            self.peak = current if self.peak is None else max(self.peak, current)
+            milestone = self.finished() // self.every * self.every
+            if milestone > 0 and milestone not in self.by_requests:
+                self.by_requests[milestone] = current
 
 
 def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | None, timeout_s: float) -> dict:
@@ -350,7 +348,7 @@ def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | N
     lock = threading.Lock()
     outcomes: list[Outcome] = []
     rss_before = rss_bytes(server_pid)
-    sampler = RssSampler(server_pid)
+    sampler = RssSampler(server_pid, lambda: len(outcomes))
     sampler.start()
     with tempfile.TemporaryDirectory(prefix="load-test-downloads-") as download_dir, client_temp_folder(download_dir):
         threads = [
@@ -391,6 +389,8 @@ def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | N
             "before": None if rss_before is None else round(rss_before / mib, 1),
             "peak": None if sampler.peak is None else round(sampler.peak / mib, 1),
             "after": None if rss_bytes(server_pid) is None else round(rss_bytes(server_pid) / mib, 1),
+            # Sampled every 0.5 s, so each figure is taken a little after its request count.
+            "by_finished_requests": {str(count): round(rss / mib, 1) for count, rss in sorted(sampler.by_requests.items())},
         },
         # The first problems in full, so a failed run can be diagnosed from the JSON alone.
         "problem_examples": problems[:10],
@@ -464,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_errors_against_folder_labels": model_errors,
         "bad_fraction": args.bad_fraction,
         "app_options": extra,
+        # The allocator setting changes the server's memory figures. None means the script did not start the server.
+        "server_glibc_tunables": None if args.url is not None else os.environ.get("GLIBC_TUNABLES", ""),
         **summary,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
