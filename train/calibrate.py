@@ -248,6 +248,10 @@ def out_of_scope_threshold(scores: np.ndarray, *, false_alarm_rate: float = FALS
     The threshold is one of the scores (the ``1 - false_alarm_rate`` quantile, rounded up), so
     a validation split of fewer than ``1 / false_alarm_rate`` slices gets its maximum score and
     flags none of them.
+
+    NOTE: the rate holds on the scores it was set on and is only an estimate for new slices. Set
+    at 1% on 460 validation slices, the bundled BrainCancerNet flags 9 of 460 test slices (1.96%
+    in its calibration.json).
     """
     if not 0 < false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}.")
