@@ -203,6 +203,8 @@ def private_cache_folder() -> Iterator[Path]:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    # Gradio then logs "Keyboard interruption", so this line tells the real cause.
+    logger.info("Received %s: stopping the demo", signal.Signals(signum).name)
     raise KeyboardInterrupt
 
 

@@ -399,4 +399,5 @@ def test_stop_deletes_cache(server, client, tmp_path):
 
     assert status == 0, server.log()[-3000:]
     assert server.cached_files() == [], "stopping the server with SIGTERM must delete its cached files"
+    assert "Received SIGTERM: stopping the demo" in server.log()
     assert "Stopped the demo" in server.log()
