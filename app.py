@@ -203,7 +203,7 @@ def private_cache_folder() -> Iterator[Path]:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    # Gradio then logs "Keyboard interruption", so this line tells the real cause.
+    # Gradio then logs "Keyboard interruption", so this line records the actual cause.
     logger.info("Received %s: stopping the demo", signal.Signals(signum).name)
     raise KeyboardInterrupt
 
