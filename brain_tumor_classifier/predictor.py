@@ -115,6 +115,12 @@ class Predictor:
         self.name = name
         ordered, self._caption_notes = order_by_faithfulness(methods, faithfulness or {})
         self.methods = tuple(ordered)
+        # Energy pointing of a map spread evenly over the slice: the boxes' mean share of the
+        # slice area, which the caption scores are compared with. None when it was not measured.
+        chance = ((faithfulness or {}).get("chance_baseline") or {}).get("box_area_share")
+        self.energy_pointing_chance = float(chance) if isinstance(chance, (int, float)) else None
+        # True when the gallery captions end with each method's measured energy pointing.
+        self.captions_quote_energy_pointing = bool(self._caption_notes)
         self._lock = threading.Lock()
 
     @classmethod

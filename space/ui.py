@@ -83,6 +83,9 @@ DISCLAIMER = (
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_CACHE_MAX_AGE_S = 600
 # Shown in the probabilities box in place of a tumor type when the prediction carries a warning.
+# None keeps an error pop-up open until the user closes it. With Gradio's default of 10 s the
+# message vanished and left only an "Error" badge on the outputs, without the reason or the fix.
+ERROR_DURATION_S = None
 WITHHELD_LABEL = "Not classified"
 WITHHELD_EXPLANATION = "No tumor type and no Grad-CAM overlays are shown for this image."
 # Used when a prediction is marked out of scope but carries no warning text of its own.
@@ -124,6 +127,23 @@ def _uploaded_path(payload: Any) -> str | None:
             "The upload contained no image file. Upload the slice as a PNG, JPEG, TIFF or DICOM file."
         )
     return path
+
+
+def _gallery_note(predictor: Predictor) -> str:
+    """Return the text under the gallery, which explains the overlays and their captions."""
+    text = "Each overlay shows where one Grad-CAM method finds evidence for the top class."
+    if not predictor.captions_quote_energy_pointing:
+        return text
+    text += (
+        " The methods are ordered by *energy pointing*, which each caption ends with: the average share "
+        "of the map's energy inside the tumor's bounding box over this model's test slices."
+    )
+    if predictor.energy_pointing_chance is not None:
+        text += (
+            f" A map spread evenly over the slice would score {predictor.energy_pointing_chance:.1%}, "
+            "the boxes' share of the slice."
+        )
+    return text + " The score describes the method on those slices, not on this one."
 
 
 def _gallery(prediction: Prediction) -> list[tuple[Image.Image, str]]:
@@ -169,11 +189,12 @@ def _classify_with(predictor: Predictor, image: Any) -> tuple:
     except InvalidImageError as error:
         # The message may contain the uploaded file's name, so only the fact is logged.
         logger.info("Rejected an invalid image for model %s", predictor.name)
-        raise gr.Error(str(error), print_exception=False) from error
+        raise gr.Error(str(error), duration=ERROR_DURATION_S, print_exception=False) from error
     except Exception as error:
         logger.exception("Prediction with model %s failed", predictor.name)
         raise gr.Error(
             "The prediction failed because of an internal error. The server log has the details.",
+            duration=ERROR_DURATION_S,
             print_exception=False,
         ) from error
     return _answer(predictor, prediction)
@@ -183,7 +204,11 @@ def _lookup(predictors: Mapping[str, Predictor], model_name: str) -> Predictor:
     predictor = predictors.get(model_name)
     if predictor is None:
         logger.warning("Rejected a request for unknown model %r", model_name)
-        raise gr.Error(f"Unknown model {model_name!r}. Choose one of: {', '.join(predictors)}.", print_exception=False)
+        raise gr.Error(
+            f"Unknown model {model_name!r}. Choose one of: {', '.join(predictors)}.",
+            duration=ERROR_DURATION_S,
+            print_exception=False,
+        )
     return predictor
 
 
@@ -264,7 +289,8 @@ def build_demo(
                 upload_file = gr.File(
                     label="Or a DICOM file (.dcm), or another file the image box rejects",
                     file_count="single",
-                    height=130,
+                    # Below about 170 px the box's label covers its upload icon.
+                    height=170,
                     elem_id="slice-file",
                 )
                 model = gr.Dropdown(
@@ -279,9 +305,18 @@ def build_demo(
                 model_line = gr.Markdown(
                     _describe(predictors[default_model], answered=False), label="Model", elem_id="model-line"
                 )
+        # The heading is a Markdown line rather than the gallery's own label, which would cover the
+        # caption drawn into the first overlay. The label still names the output in the API description.
+        gr.Markdown("**Grad-CAM overlays for the top class**", elem_id="gallery-heading")
         gallery = gr.Gallery(
-            label="Grad-CAM overlays for the top class", columns=4, format=GALLERY_FORMAT, object_fit="contain", elem_id="gallery"
+            label="Grad-CAM overlays for the top class",
+            show_label=False,
+            columns=4,
+            format=GALLERY_FORMAT,
+            object_fit="contain",
+            elem_id="gallery",
         )
+        gallery_note = gr.Markdown(_gallery_note(predictors[default_model]), elem_id="gallery-note")
         if examples:
             gr.Examples(examples=examples, inputs=image, label="Example slices")
 
@@ -300,6 +335,13 @@ def build_demo(
         upload_file.upload(fn=_make_handler(predictors), inputs=[upload_file, model], **page_only)
         submit.click(fn=_make_page_handler(predictors), inputs=[image, upload_file, model], **page_only)
         model.input(fn=_make_model_switch_handler(predictors), inputs=[image, upload_file, model], **page_only)
+        model.input(
+            fn=lambda name: _gallery_note(predictors[name]) if name in predictors else "",
+            inputs=model,
+            outputs=gallery_note,
+            api_visibility="private",
+            queue=False,
+        )
         # A new upload in one box empties the other, so that the page classifies the newer file.
         image.upload(fn=lambda: None, outputs=upload_file, api_visibility="private", queue=False)
         upload_file.upload(fn=lambda: None, outputs=image, api_visibility="private", queue=False)

@@ -329,6 +329,28 @@ def test_demo_shows_disclaimer_and_deletes_uploads(predictor):
     assert demo.delete_cache is not None
 
 
+def _markdown_with_id(demo: gr.Blocks, elem_id: str) -> str:
+    return next(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown) and block.elem_id == elem_id)
+
+
+def test_gallery_note_explains_energy_pointing(predictor):
+    scores = {"GradCAM": {"energy_pointing": 0.09}, "chance_baseline": {"box_area_share": 0.0252}}
+    scored = Predictor(predictor.classifier, name="scored", methods=("GradCAM",), faithfulness=scores)
+
+    note = _markdown_with_id(build_demo(scored), "gallery-note")
+
+    assert "energy pointing" in note
+    assert "2.5%" in note
+    assert "not on this one" in note
+
+
+def test_gallery_note_without_scores_is_plain(predictor):
+    note = _markdown_with_id(build_demo(predictor), "gallery-note")
+
+    assert note.startswith("Each overlay shows where one Grad-CAM method")
+    assert "energy pointing" not in note
+
+
 def test_examples_come_from_folder(tmp_path, slice_image, predictor):
     for name in ("b.png", "a.jpg"):
         slice_image.save(tmp_path / name)

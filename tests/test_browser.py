@@ -223,3 +223,6 @@ def test_bad_file_shows_message(page, tmp_path, artifacts_dir):
 
     assert "notes.png" in toast.first.inner_text()
     assert page.locator("#gallery img").count() == 0
+    # Gradio closes pop-ups after 10 s by default. The message must stay until the user closes it.
+    page.wait_for_timeout(12_000)
+    assert toast.first.is_visible(), "the error message closed before the user could read it"
