@@ -47,6 +47,14 @@ def test_run_folder_contains_export_and_reports(trained_run):
         assert (trained_run / name).is_file(), f"{name} missing from the run folder"
 
 
+def test_history_records_resolved_precision(trained_run):
+    history = json.loads((trained_run / "history.json").read_text())
+
+    # conftest makes --mixed-precision auto resolve to float32.
+    assert history["mixed_precision"] == "no"
+    assert history["hardware"].endswith("mixed precision no")
+
+
 def test_run_folder_loads_with_from_pretrained(trained_run):
     model = BrainTumorClassifier.from_pretrained(str(trained_run))
     probabilities = model.predict_proba([Image.new("L", (50, 40), 10)])

@@ -312,7 +312,7 @@ def run_training(config: TrainConfig) -> dict:
     # runs in float32 wherever it is loaded, so the test split is scored without that wrapper.
     classifier = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     hardware = f"{describe_hardware(accelerator)}, mixed precision {precision}"
-    return finish_run(config, output_dir, classifier, best_weights, state, data, hardware)
+    return finish_run(config, output_dir, classifier, best_weights, state, data, hardware, mixed_precision=precision)
 
 
 def finish_run(
@@ -323,6 +323,8 @@ def finish_run(
     state: TrainerState,
     data: SplitPixels,
     hardware: str,
+    *,
+    mixed_precision: str,
 ) -> dict:
     """Export the best epoch, write history and curves, evaluate on the test split, render the card."""
     classifier.load_model_weights(safetensors.torch.load_file(str(best_weights)), source=str(best_weights))
@@ -333,6 +335,8 @@ def finish_run(
         "best_epoch": state.best_epoch,
         "training_seconds": round(state.training_seconds, 1),
         "hardware": hardware,
+        # What --mixed-precision resolved to on this hardware ("no" or "bf16").
+        "mixed_precision": mixed_precision,
     }
     (output_dir / HISTORY_NAME).write_text(json.dumps(history, indent=2) + "\n")
     plot_training_curves(
