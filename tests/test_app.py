@@ -249,6 +249,18 @@ def test_api_outputs_have_names(predictor):
     ]
 
 
+def test_api_parameters_match_readme(predictor):
+    demo = build_demo(predictor)
+    parameters = demo.get_api_info()["named_endpoints"]["/predict"]["parameters"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+    names = [parameter["parameter_name"] for parameter in parameters]
+    assert names == ["image", "model_name"]
+    assert 'api_name="/predict"' in readme
+    for name in names:
+        assert f"`{name}`" in readme, f"the README's API section does not name the parameter {name}"
+
+
 class _BlockingPredictor(Predictor):
     """A Predictor whose predictions wait until the test releases them."""
 
