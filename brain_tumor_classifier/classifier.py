@@ -13,7 +13,7 @@ import safetensors.torch
 import timm
 import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub.errors import RemoteEntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from PIL import Image
 from torch import nn
 
@@ -365,5 +365,9 @@ def _export_file(model_id: str, filename: str, reason: str, download: dict) -> s
         return str(path)
     try:
         return hf_hub_download(repo_id=model_id, filename=filename, **download)
-    except RemoteEntryNotFoundError as error:
+    except LocalEntryNotFoundError:
+        raise
+    except EntryNotFoundError as error:
+        # Recent huggingface_hub versions raise its subclass RemoteEntryNotFoundError here, and older
+        # ones EntryNotFoundError itself. Both mean that the repository has no such file.
         raise FileNotFoundError(f"{model_id} has no {filename}: {reason}") from error

@@ -82,10 +82,10 @@ DISCLAIMER = (
 )
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_CACHE_MAX_AGE_S = 600
-# Shown in the probabilities box in place of a tumor type when the prediction carries a warning.
 # None keeps an error pop-up open until the user closes it. With Gradio's default of 10 s the
 # message vanished and left only an "Error" badge on the outputs, without the reason or the fix.
 ERROR_DURATION_S = None
+# Shown in the probabilities box in place of a tumor type when the prediction carries a warning.
 WITHHELD_LABEL = "Not classified"
 WITHHELD_EXPLANATION = "No tumor type and no Grad-CAM overlays are shown for this image."
 # Used when a prediction is marked out of scope but carries no warning text of its own.

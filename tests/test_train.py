@@ -9,7 +9,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 from brain_tumor_classifier import BrainTumorClassifier
-from train import hardware, training
+from train import compare, hardware, training
 from train.compare import matches_recipe, recipe_config
 from train.hardware import cpu_has_native_bf16 as real_cpu_has_native_bf16
 from train.__main__ import main as train_main
@@ -220,15 +220,27 @@ def test_forced_bf16_without_native_support_warns(monkeypatch, caplog):
 
 @pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(True, False, True), (False, True, True), (False, False, False)])
 def test_native_bf16_check_reads_torch_cpu_capabilities(monkeypatch, avx512_bf16, amx, expected):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    # conftest replaces hardware.cpu_has_native_bf16 for the session; this is the function itself.
+    # raising=False: a PyTorch build without these private checks gets them for the test.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    # conftest replaces hardware.cpu_has_native_bf16 for the session, so this calls the original.
     assert real_cpu_has_native_bf16() is expected
 
 
-def test_native_bf16_check_falls_back_to_cpu_flags(monkeypatch):
+@pytest.mark.parametrize(("flags", "expected"), [("fma avx avx2", False), ("avx2 avx512f avx512_bf16", True),
+                                                 ("avx2 amx_bf16 amx_tile", True)])
+def test_native_bf16_check_falls_back_to_cpu_flags(monkeypatch, tmp_path, flags, expected):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
-    assert isinstance(real_cpu_has_native_bf16(), bool)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
+
+    assert real_cpu_has_native_bf16(cpuinfo) is expected
+
+
+def test_auto_precision_ignores_emulated_gpu_bf16(monkeypatch):
+    # PyTorch counts bf16 as supported on pre-Ampere GPUs unless emulation is excluded.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert hardware.resolve_mixed_precision("auto", torch.device("cuda")) == "no"
 
 
 @pytest.mark.parametrize("recorded_precision", ["bf16", "no"])
@@ -242,3 +254,12 @@ def test_auto_precision_recipe_reuses_runs_in_either_precision(tmp_path, recorde
 
     (tmp_path / "train_config.json").write_text(json.dumps({**recorded, "image_size": 64}))
     assert not matches_recipe(tmp_path, config)
+
+
+def test_recipe_without_precision_is_compared_without_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(compare.RECIPES, "braincancernet", {"image_size": 64, "epochs": 2})
+    config = recipe_config("braincancernet", "random", "data", tmp_path)
+    (tmp_path / "train_config.json").write_text(json.dumps(config.to_dict()))
+    (tmp_path / "metrics.json").write_text("{}")
+
+    assert matches_recipe(tmp_path, config)

@@ -71,9 +71,10 @@ def matches_recipe(run_dir: Path, config: TrainConfig) -> bool:
         return False
     recorded = json.loads(config_path.read_text())
     expected = config.to_dict()
-    defaults = TrainConfig().to_dict()
+    # Before 'auto' existed, a run without --mixed-precision trained in float32.
+    defaults = {**TrainConfig().to_dict(), "mixed_precision": "no"}
     keys = ["model", "split", "seed", "group_column", *RECIPES[config.model]]
-    if expected["mixed_precision"] == "auto":
+    if expected["mixed_precision"] == "auto" and "mixed_precision" in keys:
         # 'auto' leaves the precision to the hardware, so a run in either precision fits the recipe.
         keys.remove("mixed_precision")
     # A key missing from an older train_config.json had its default value then.

@@ -25,14 +25,14 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Return whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX) rather than emulating it."""
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if all(callable(check) for check in checks):
         return any(check() for check in checks)
     # Older or newer PyTorch builds may lack these private checks: read the kernel's flag list.
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("flags"):
                 return any(flag in line.split() for flag in NATIVE_BF16_CPU_FLAGS)
     except OSError:
@@ -47,7 +47,8 @@ def resolve_mixed_precision(requested: str, device: torch.device) -> str:
     of speeding it up (about 10 times on a 2-core AVX2 EPYC, see ``benchmarks/README.md``).
     """
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
+        # By default PyTorch also counts GPUs that only emulate bf16 (compute capability below 8).
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
     elif device.type == "cpu":
         native = cpu_has_native_bf16()
     else:
