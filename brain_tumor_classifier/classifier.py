@@ -356,7 +356,7 @@ def _export_file(model_id: str, filename: str, reason: str, download: dict) -> s
     A file missing from the folder or the repository raises ``FileNotFoundError`` that names it
     and gives ``reason``. A file missing only from the local cache in offline mode raises
     huggingface_hub's ``LocalEntryNotFoundError``, which explains the cache miss. ``download``
-    holds the ``hf_hub_download`` options.
+    contains the ``hf_hub_download`` options.
     """
     if os.path.isdir(model_id):
         path = Path(model_id) / filename
