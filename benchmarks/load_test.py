@@ -318,8 +318,9 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 class RssSampler(threading.Thread):
     """Background sampler of a process's RSS, every ``interval_s`` seconds.
 
-    It keeps the maximum, and the RSS when the number of finished requests (``finished()``) first
-    reaches each multiple of ``every``, so a results file shows whether memory levels off.
+    It keeps the maximum and, for each multiple of ``every`` that the number of finished requests
+    (``finished()``) has reached, the first RSS sampled since then, so a results file shows
+    whether memory levels off. Multiples passed between two samples get the same value.
     """
 
     def __init__(
@@ -333,13 +334,17 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval_s):
-            current = rss_bytes(self.pid)
-            if current is None:
-                continue
-            self.peak = current if self.peak is None else max(self.peak, current)
-            milestone = self.finished() // self.every * self.every
-            if milestone > 0 and milestone not in self.by_requests:
-                self.by_requests[milestone] = current
+            self.sample()
+
+    def sample(self) -> None:
+        """Read the RSS once, update the maximum and record every multiple of ``every`` reached so far."""
+        current = rss_bytes(self.pid)
+        if current is None:
+            return
+        self.peak = current if self.peak is None else max(self.peak, current)
+        reached = self.finished() // self.every * self.every
+        for milestone in range(self.every, reached + 1, self.every):
+            self.by_requests.setdefault(milestone, current)
 
 
 def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | None, timeout_s: float) -> dict:
@@ -367,6 +372,8 @@ def load_test(url: str, plan: list[Sample], *, clients: int, server_pid: int | N
         wall_s = time.perf_counter() - started
     sampler.stop_event.set()
     sampler.join()
+    # The last requests may finish after the sampler's final sample.
+    sampler.sample()
 
     counts: dict[str, int] = {}
     for outcome in outcomes:

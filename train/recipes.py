@@ -3,8 +3,8 @@
 The numbers were chosen to fit a 2-core CPU in about an hour per run: BrainCancerNet
 at 288 px for 100 epochs, ResNet50 from scratch at 128 px for 30 epochs (about four times
 the cost per image). Both recipes use ``--mixed-precision auto``: bf16 autocast (weights stay in
-float32) where the hardware computes bf16 natively, float32 elsewhere. bf16 roughly doubled
-training throughput on an AMD EPYC with AVX-512 BF16, and made it about 10 times slower on an
+float32) where the hardware computes bf16 natively, float32 elsewhere. bf16 raised training
+throughput 1.77 times on an AMD EPYC with AVX-512 BF16, and made it about 10 times slower on an
 AVX2-only EPYC, where it is emulated (see benchmarks/README.md).
 
 BrainCancerNet's recipe was chosen on validation accuracy (random split, seed 42) among these
