@@ -1,6 +1,10 @@
 """Leakage audit: near-duplicate slices across the train and test parts of a recorded split.
 
-    python -m train.leakage --run-dir space/models/braincancernet --output-dir reports/leakage
+    python -m train.leakage --run-dir space/models/braincancernet --output-dir reports/leakage [--accuracy]
+
+With ``--accuracy`` the run's model is also scored on its test split, and the accuracy is
+reported apart for test slices with and without a near-duplicate in train. The gap shows how
+much the split's leakage lifts the overall figure.
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .data import MANIFEST_NAME, decode_pixels, load_labeled_images, read_manifest_split
+from .evaluate import score_run
 from .groups import DUPLICATE_THRESHOLD, GROUPING_DECODE_SIZE, near_duplicate_pairs
 
 
@@ -30,8 +37,32 @@ def leakage_audit(run_dir: Path, *, dataset: str | None = None, threshold: float
         "pairs": [(images.file_ids[a], images.file_ids[b], round(c, 4)) for a, b, c in pairs],
         "test_images_with_duplicate": len({b for _, b, _ in pairs}),
         "test_images": len(test_rows),
+        "test_file_ids": [images.file_ids[row] for row in test_rows],
         "pixels": pixels,
         "file_ids": images.file_ids,
+    }
+
+
+def accuracy_by_leakage(run_dir: Path, audit: dict, *, dataset: str | None = None) -> dict:
+    """Score the run's model on its test split and return the accuracy with and without a near-duplicate in train."""
+    scores = score_run(run_dir, dataset=dataset)
+    correct = scores.probabilities.argmax(axis=1) == scores.labels
+    duplicated = {test_file for _, test_file, _ in audit["pairs"]}
+    has_duplicate = np.array([file_id in duplicated for file_id in audit["test_file_ids"]], dtype=bool)
+    if len(has_duplicate) != len(correct):
+        raise ValueError(
+            f"The audit lists {len(has_duplicate)} test slices, but the run scored {len(correct)}. "
+            "Pass the --dataset the run was trained on."
+        )
+
+    def part(mask: np.ndarray) -> dict:
+        count = int(mask.sum())
+        return {"test_images": count, "accuracy": float(correct[mask].mean()) if count else None}
+
+    return {
+        "all": part(np.ones_like(has_duplicate)),
+        "with_duplicate": part(has_duplicate),
+        "without_duplicate": part(~has_duplicate),
     }
 
 
@@ -48,20 +79,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="Thumbnail correlation at or above which two slices count as near-duplicates.")
     parser.add_argument("--output-dir", type=Path, default=Path("reports/leakage"),
                         help="Where leakage.json and leakage_pairs.png go.")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="Also score the run's model on its test split, apart for slices with and without "
+                             "a near-duplicate in train (about a minute on 2 CPU cores for 460 slices).")
     args = parser.parse_args(argv)
     try:
         audit = leakage_audit(args.run_dir, dataset=args.dataset, threshold=args.threshold)
+        accuracy = accuracy_by_leakage(args.run_dir, audit, dataset=args.dataset) if args.accuracy else None
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
     summary = {key: audit[key] for key in ("threshold", "test_images", "test_images_with_duplicate", "pairs")}
+    if accuracy is not None:
+        summary["accuracy"] = accuracy
     (args.output_dir / "leakage.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_leakage_pairs(audit, args.output_dir / "leakage_pairs.png")
     print(
         f"{audit['test_images_with_duplicate']} of {audit['test_images']} test slices have a near-duplicate "
         f"in train ({len(audit['pairs'])} pairs at r >= {args.threshold}); details in {args.output_dir}"
     )
+    if accuracy is not None:
+        for name, text in (("with_duplicate", "with a near-duplicate"), ("without_duplicate", "without one")):
+            part = accuracy[name]
+            shown = "n/a" if part["accuracy"] is None else f"{part['accuracy']:.2%}"
+            print(f"test accuracy on the {part['test_images']} slices {text}: {shown}")
     return 0
 
 
