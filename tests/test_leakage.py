@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,8 +13,11 @@ import torch
 from PIL import Image
 
 from brain_tumor_classifier import BrainTumorClassifier
+from conftest import write_blob_imagefolder
+from train import compare
 from train.leakage import leakage_audit
 from train.leakage import main as leakage_main
+from train.report import leakage_accuracy_rows
 
 CLASSES = ("glioma", "meningioma", "pituitary")
 PER_CLASS = 6
@@ -78,3 +82,41 @@ def test_command_without_manifest_gives_error(tmp_path, capsys):
 
     assert exit_code == 2
     assert "split_manifest.json is missing" in capsys.readouterr().err
+
+
+def test_report_table_splits_each_run_by_duplicates():
+    audit = {"pairs": [("glioma/a.png", "glioma/t1.png", 0.99)], "test_file_ids": ["glioma/t1.png", "glioma/t2.png"]}
+    # Right on the duplicated slice and wrong on the other one.
+    scores = SimpleNamespace(probabilities=np.array([[0.9, 0.1], [0.8, 0.2]]), labels=np.array([0, 1]))
+    results = [
+        SimpleNamespace(model="braincancernet", split="random", scores=scores),
+        SimpleNamespace(model="resnet50", split="group", scores=scores),
+    ]
+
+    rows = leakage_accuracy_rows(results, {"random": audit})
+
+    assert "| braincancernet | random | 100.00% of 1 | 0.00% of 1 |" in rows
+    assert not any(row.startswith("| resnet50") for row in rows), "a split without an audit gets no row"
+
+
+def test_compare_command_writes_leakage_accuracy(tmp_path, monkeypatch):
+    # The whole comparison on a tiny generated dataset: both architectures, one epoch. The blob
+    # slices form too few similarity groups for a group-aware split, so only the random one runs.
+    data = tmp_path / "data"
+    write_blob_imagefolder(data, seed=5, per_class=12)
+    tiny = {"image_size": 32, "epochs": 1, "batch_size": 8, "mixed_precision": "auto"}
+    for model in list(compare.RECIPES):
+        monkeypatch.setitem(compare.RECIPES, model, tiny)
+    # Each bootstrap resample recomputes every metric, which takes most of the command's time.
+    monkeypatch.setattr(compare, "BOOTSTRAP_SAMPLES", 20)
+    readme = tmp_path / "README.md"
+    readme.write_text("No results block here.\n")
+
+    exit_code = compare.main(["--dataset", str(data), "--output-dir", str(tmp_path / "reports"),
+                              "--runs-dir", str(tmp_path / "runs"), "--readme", str(readme), "--splits", "random"])
+
+    assert exit_code == 0
+    report = (tmp_path / "reports" / "comparison.md").read_text()
+    assert "| with a near-duplicate | without |" in report
+    for model in compare.RECIPES:
+        assert f"| {model} | random | " in report

@@ -46,7 +46,15 @@ def leakage_audit(run_dir: Path, *, dataset: str | None = None, threshold: float
 def accuracy_by_leakage(run_dir: Path, audit: dict, *, dataset: str | None = None) -> dict:
     """Score the run's model on its test split and return the accuracy with and without a near-duplicate in train."""
     scores = score_run(run_dir, dataset=dataset)
-    correct = scores.probabilities.argmax(axis=1) == scores.labels
+    return split_accuracy(scores.probabilities.argmax(axis=1) == scores.labels, audit)
+
+
+def split_accuracy(correct: np.ndarray, audit: dict) -> dict:
+    """Return the accuracy over all test slices and apart for those with and without a near-duplicate in train.
+
+    ``correct`` has one entry per test slice, in the audit's ``test_file_ids`` order (the
+    manifest's order, which ``score_run`` also follows).
+    """
     duplicated = {test_file for _, test_file, _ in audit["pairs"]}
     has_duplicate = np.array([file_id in duplicated for file_id in audit["test_file_ids"]], dtype=bool)
     if len(has_duplicate) != len(correct):

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .leakage import split_accuracy  # noqa: E402
+
 if TYPE_CHECKING:
     from .compare import RunResult
 
@@ -350,6 +352,30 @@ def cost_rows(results: list[RunResult]) -> list[str]:
     return rows
 
 
+def leakage_accuracy_rows(results: list[RunResult], audits: dict) -> list[str]:
+    """Return a table of each run's test accuracy on slices with and without a near-duplicate in train."""
+    rows = [
+        "Test accuracy apart for the slices with a near-duplicate in train and for the others "
+        "(`python -m train.leakage --run-dir RUN_DIR --accuracy` gives the same for one run):",
+        "",
+        "| model | split | with a near-duplicate | without |",
+        "| --- | --- | --- | --- |",
+    ]
+    for result in results:
+        audit = audits.get(result.split)
+        correct = result.scores.probabilities.argmax(axis=1) == result.scores.labels
+        # Both models of a split share its manifest. A run whose test split differs gets no row.
+        if audit is None or len(audit.get("test_file_ids", [])) != len(correct):
+            continue
+        parts = split_accuracy(correct, audit)
+        cells = [
+            "n/a" if part["accuracy"] is None else f"{percent(part['accuracy'])} of {part['test_images']}"
+            for part in (parts["with_duplicate"], parts["without_duplicate"])
+        ]
+        rows.append(f"| {result.model} | {result.split} | {cells[0]} | {cells[1]} |")
+    return rows
+
+
 def write_report(output_dir: Path, results: list[RunResult], differences: dict, audits: dict, *, command: str) -> Path:
     """Write comparison.md, comparison.json and the figures, returning the Markdown path."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -423,6 +449,7 @@ def write_report(output_dir: Path, results: list[RunResult], differences: dict, 
         lines.append(
             f"| {split} | {audit['test_images']} | {audit['test_images_with_duplicate']} | {len(audit['pairs'])} |"
         )
+    lines += ["", *leakage_accuracy_rows(results, audits)]
     for split, audit in audits.items():
         if audit["pairs"]:
             # The thumbnails are dataset images, so the file is written but kept out of version control.
