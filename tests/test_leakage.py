@@ -13,8 +13,6 @@ import torch
 from PIL import Image
 
 from brain_tumor_classifier import BrainTumorClassifier
-from conftest import write_blob_imagefolder
-from train import compare
 from train.leakage import leakage_audit
 from train.leakage import main as leakage_main
 from train.report import leakage_accuracy_rows
@@ -98,25 +96,3 @@ def test_report_table_splits_each_run_by_duplicates():
     assert "| braincancernet | random | 100.00% of 1 | 0.00% of 1 |" in rows
     assert not any(row.startswith("| resnet50") for row in rows), "a split without an audit gets no row"
 
-
-def test_compare_command_writes_leakage_accuracy(tmp_path, monkeypatch):
-    # The whole comparison on a tiny generated dataset: both architectures, one epoch. The blob
-    # slices form too few similarity groups for a group-aware split, so only the random one runs.
-    data = tmp_path / "data"
-    write_blob_imagefolder(data, seed=5, per_class=12)
-    tiny = {"image_size": 32, "epochs": 1, "batch_size": 8, "mixed_precision": "auto"}
-    for model in list(compare.RECIPES):
-        monkeypatch.setitem(compare.RECIPES, model, tiny)
-    # Each bootstrap resample recomputes every metric, which takes most of the command's time.
-    monkeypatch.setattr(compare, "BOOTSTRAP_SAMPLES", 20)
-    readme = tmp_path / "README.md"
-    readme.write_text("No results block here.\n")
-
-    exit_code = compare.main(["--dataset", str(data), "--output-dir", str(tmp_path / "reports"),
-                              "--runs-dir", str(tmp_path / "runs"), "--readme", str(readme), "--splits", "random"])
-
-    assert exit_code == 0
-    report = (tmp_path / "reports" / "comparison.md").read_text()
-    assert "| with a near-duplicate | without |" in report
-    for model in compare.RECIPES:
-        assert f"| {model} | random | " in report
