@@ -64,6 +64,19 @@ OUT_OF_SCOPE_WARNING = (
     "This image does not look like the brain MRI slices the model was trained on, so its class "
     "probabilities are not meaningful. Upload a single 2D brain MRI slice."
 )
+# An out-of-scope image with a side shorter than this gets a sentence on its size: MRI slices
+# have hundreds of pixels per side, so such a file is more likely a thumbnail or an icon.
+SMALL_IMAGE_SIDE = 32
+
+
+def out_of_scope_warning(width: int, height: int) -> str:
+    """Return the warning for an out-of-scope image, naming its size when that is the likely cause."""
+    if min(width, height) >= SMALL_IMAGE_SIDE:
+        return OUT_OF_SCOPE_WARNING
+    return (
+        f"{OUT_OF_SCOPE_WARNING} This image is only {width} x {height} pixels, which suggests a thumbnail "
+        "or an icon: upload the slice at its full resolution."
+    )
 
 
 def is_hub_repo_id(source: str) -> bool:
@@ -242,6 +255,6 @@ class Predictor:
             model_name=self.name,
             gallery=gallery,
             out_of_scope=out_of_scope,
-            warning=OUT_OF_SCOPE_WARNING if out_of_scope else None,
+            warning=out_of_scope_warning(pil_image.width, pil_image.height) if out_of_scope else None,
             notices=list(loaded.notices),
         )

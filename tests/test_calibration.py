@@ -211,6 +211,14 @@ def test_predictor_warns_above_threshold(tiny_model_dir, slice_image):
     assert prediction.warning == OUT_OF_SCOPE_WARNING
 
 
+def test_warning_names_size_of_tiny_image(tiny_model_dir):
+    classifier = _with_statistics(BrainTumorClassifier.from_pretrained(str(tiny_model_dir)), threshold=-1.0)
+    prediction = Predictor(classifier, name="tiny").predict(Image.new("L", (1, 1), 128), explain=False)
+
+    assert prediction.warning.startswith(OUT_OF_SCOPE_WARNING)
+    assert "only 1 x 1 pixels" in prediction.warning
+
+
 def test_predictor_uses_temperature(tiny_model_dir, slice_image):
     plain = Predictor.from_pretrained(tiny_model_dir).predict(slice_image, explain=False)
     classifier = BrainTumorClassifier.from_pretrained(str(tiny_model_dir))
