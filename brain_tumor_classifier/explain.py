@@ -107,6 +107,8 @@ EXCLUDED_METHODS: dict[str, str] = {
 
 # The file that train.faithfulness writes into a model folder.
 FAITHFULNESS_NAME = "faithfulness.json"
+# The entry of faithfulness.json with the scores of a map spread evenly or at random, not a method.
+CHANCE_BASELINE_KEY = "chance_baseline"
 
 
 @dataclass(frozen=True)

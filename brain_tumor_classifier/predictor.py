@@ -20,6 +20,7 @@ from PIL import Image
 from .classifier import BrainTumorClassifier
 from .explain import (
     CAM_METHODS,
+    CHANCE_BASELINE_KEY,
     DEFAULT_METHODS,
     FAITHFULNESS_NAME,
     CamResult,
@@ -130,7 +131,7 @@ class Predictor:
         self.methods = tuple(ordered)
         # Energy pointing of a map spread evenly over the slice: the boxes' mean share of the
         # slice area, which the caption scores are compared with. None when it was not measured.
-        chance = ((faithfulness or {}).get("chance_baseline") or {}).get("box_area_share")
+        chance = ((faithfulness or {}).get(CHANCE_BASELINE_KEY) or {}).get("box_area_share")
         self.energy_pointing_chance = float(chance) if isinstance(chance, (int, float)) else None
         # True when the gallery captions end with each method's measured energy pointing.
         self.captions_quote_energy_pointing = bool(self._caption_notes)

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from brain_tumor_classifier import BrainTumorClassifier
 from brain_tumor_classifier.explain import (
+    CHANCE_BASELINE_KEY,
     DEFAULT_METHODS,
     FAITHFULNESS_NAME,
     available_methods,
@@ -68,8 +69,7 @@ BOXES_NAME = "tumor_boxes.csv"
 BOX_COLUMNS = ("file_name", "x_center", "y_center", "width", "height")
 DEFAULT_ROAD_FRACTION = 0.2
 SCORE_KEYS = ("pointing_game", "energy_pointing", "road")
-# Entries of faithfulness.json that are not methods.
-CHANCE_BASELINE_KEY = "chance_baseline"
+# The other entry of faithfulness.json that is not a method, beside CHANCE_BASELINE_KEY.
 SETTINGS_KEY = "settings"
 # Not a Grad-CAM method name, so it never collides with one in the ROAD batch.
 RANDOM_MAP_NAME = "random map"

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from brain_tumor_classifier.explain import CHANCE_BASELINE_KEY  # noqa: E402
+
 from .leakage import split_accuracy  # noqa: E402
 
 if TYPE_CHECKING:
@@ -23,8 +25,7 @@ SPLIT_TITLES = {
     "group": "Group-aware split (no similarity group on two sides)",
 }
 SAVE_OPTIONS = {"metadata": {"Software": None}}
-# The entries of faithfulness.json that are not methods, as train.faithfulness writes them.
-CHANCE_BASELINE_KEY = "chance_baseline"
+# The other entry of faithfulness.json that is not a method, beside CHANCE_BASELINE_KEY.
 FAITHFULNESS_SETTINGS_KEY = "settings"
 FAITHFULNESS_FIGURE = "faithfulness.png"
 
