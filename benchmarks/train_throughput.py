@@ -129,8 +129,8 @@ def main() -> int:
     # The training recipe's --mixed-precision auto keeps bf16 only where the CPU has it natively.
     recipe = results[-1] if native_bf16 else results[-2]
     command = f"python benchmarks/train_throughput.py --dataset {args.dataset} --steps {args.steps}"
-    if args.output.resolve() != DEFAULT_OUTPUT:
-        output = args.output.resolve()
+    output = args.output.resolve()
+    if output != DEFAULT_OUTPUT:
         command += f" --output {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     record = {

@@ -336,7 +336,7 @@ def build_demo(
         submit.click(fn=_make_page_handler(predictors), inputs=[image, upload_file, model], **page_only)
         model.input(fn=_make_model_switch_handler(predictors), inputs=[image, upload_file, model], **page_only)
         model.input(
-            fn=lambda name: _gallery_note(predictors[name]) if name in predictors else "",
+            fn=lambda name: _gallery_note(_lookup(predictors, name)),
             inputs=model,
             outputs=gallery_note,
             api_visibility="private",

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if accuracy is not None:
         for name, text in (("with_duplicate", "with a near-duplicate"), ("without_duplicate", "without one")):
             part = accuracy[name]
-            shown = "n/a" if part["accuracy"] is None else f"{part['accuracy']:.2%}"
-            print(f"test accuracy on the {part['test_images']} slices {text}: {shown}")
+            value = "n/a" if part["accuracy"] is None else f"{part['accuracy']:.2%}"
+            print(f"test accuracy on the {part['test_images']} slices {text}: {value}")
     return 0
 
 
