@@ -15,7 +15,7 @@ LABEL_NAMES = ["glioma", "meningioma", "pituitary"]
 # scikit-learn warns when a resample has predictions of a class that none of its labels has.
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 @pytest.mark.parametrize("size", [3, 8, 40])
-def test_summary_metrics_match_classification_metrics(size):
+def test_summary_metrics_match_sklearn(size):
     # Small resamples often miss a class, which is where the two could disagree.
     rng = np.random.default_rng(size)
     for _ in range(60):
@@ -29,7 +29,7 @@ def test_summary_metrics_match_classification_metrics(size):
             assert fast[key] == pytest.approx(expected[key]), key
 
 
-def test_compare_command_writes_leakage_accuracy(tmp_path, monkeypatch):
+def test_compare_writes_leakage_accuracy(tmp_path, monkeypatch):
     # The whole comparison on a tiny generated dataset: both architectures, one epoch. The blob
     # slices form too few similarity groups for a group-aware split, so only the random one runs.
     data = tmp_path / "data"

@@ -82,7 +82,7 @@ def test_command_without_manifest_gives_error(tmp_path, capsys):
     assert "split_manifest.json is missing" in capsys.readouterr().err
 
 
-def test_report_table_splits_each_run_by_duplicates():
+def test_report_rows_split_by_duplicates():
     audit = {"pairs": [("glioma/a.png", "glioma/t1.png", 0.99)], "test_file_ids": ["glioma/t1.png", "glioma/t2.png"]}
     # Right on the duplicated slice and wrong on the other one.
     scores = SimpleNamespace(probabilities=np.array([[0.9, 0.1], [0.8, 0.2]]), labels=np.array([0, 1]))

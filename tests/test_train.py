@@ -205,13 +205,13 @@ def test_bf16_run_scores_test_in_float32(tiny_imagefolder, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "no")])
-def test_auto_precision_uses_bf16_only_where_native(monkeypatch, native, expected):
+def test_auto_precision_follows_native_bf16(monkeypatch, native, expected):
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
     assert hardware.resolve_mixed_precision("auto", torch.device("cpu")) == expected
     assert hardware.resolve_mixed_precision("no", torch.device("cpu")) == "no"
 
 
-def test_forced_bf16_without_native_support_warns(monkeypatch, caplog):
+def test_emulated_bf16_request_warns(monkeypatch, caplog):
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level("WARNING", logger="train.hardware"):
         assert hardware.resolve_mixed_precision("bf16", torch.device("cpu")) == "bf16"
@@ -219,7 +219,7 @@ def test_forced_bf16_without_native_support_warns(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(True, False, True), (False, True, True), (False, False, False)])
-def test_native_bf16_check_reads_torch_cpu_capabilities(monkeypatch, avx512_bf16, amx, expected):
+def test_native_bf16_from_torch_checks(monkeypatch, avx512_bf16, amx, expected):
     # raising=False: a PyTorch build without these private checks gets them for the test.
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
@@ -229,7 +229,7 @@ def test_native_bf16_check_reads_torch_cpu_capabilities(monkeypatch, avx512_bf16
 
 @pytest.mark.parametrize(("flags", "expected"), [("fma avx avx2", False), ("avx2 avx512f avx512_bf16", True),
                                                  ("avx2 amx_bf16 amx_tile", True)])
-def test_native_bf16_check_falls_back_to_cpu_flags(monkeypatch, tmp_path, flags, expected):
+def test_native_bf16_from_cpu_flags(monkeypatch, tmp_path, flags, expected):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
@@ -237,14 +237,14 @@ def test_native_bf16_check_falls_back_to_cpu_flags(monkeypatch, tmp_path, flags,
     assert real_cpu_has_native_bf16(cpuinfo) is expected
 
 
-def test_auto_precision_ignores_emulated_gpu_bf16(monkeypatch):
+def test_auto_precision_skips_emulated_gpu(monkeypatch):
     # PyTorch counts bf16 as supported on pre-Ampere GPUs unless emulation is excluded.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert hardware.resolve_mixed_precision("auto", torch.device("cuda")) == "no"
 
 
 @pytest.mark.parametrize("recorded_precision", ["bf16", "no"])
-def test_auto_precision_recipe_reuses_runs_in_either_precision(tmp_path, recorded_precision):
+def test_auto_recipe_reuses_any_precision(tmp_path, recorded_precision):
     config = recipe_config("braincancernet", "random", "data", tmp_path)
     assert config.mixed_precision == "auto"
     recorded = {**config.to_dict(), "mixed_precision": recorded_precision}
@@ -256,7 +256,7 @@ def test_auto_precision_recipe_reuses_runs_in_either_precision(tmp_path, recorde
     assert not matches_recipe(tmp_path, config)
 
 
-def test_recipe_without_precision_is_compared_without_it(tmp_path, monkeypatch):
+def test_recipe_without_precision_matches(tmp_path, monkeypatch):
     monkeypatch.setitem(compare.RECIPES, "braincancernet", {"image_size": 64, "epochs": 2})
     config = recipe_config("braincancernet", "random", "data", tmp_path)
     (tmp_path / "train_config.json").write_text(json.dumps(config.to_dict()))
