@@ -35,6 +35,7 @@ __all__ = ["InvalidImageError", "ModelSourceError", "Prediction", "Predictor", "
 logger = logging.getLogger(__name__)
 
 ImageInput = Union[Image.Image, str, os.PathLike]
+NO_IMAGE_MESSAGE = "No image was given. Upload an MRI slice as a PNG, JPEG, TIFF or DICOM file."
 
 # A Hub repository id is "name" or "namespace/name", made of letters, digits, "-", "_" and ".".
 _HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -96,7 +97,7 @@ def load_image(image: ImageInput | None) -> Image.Image:
 
 def _load(image: ImageInput | None) -> LoadedImage:
     if image is None:
-        raise InvalidImageError("No image was given. Upload an MRI slice as a PNG, JPEG, TIFF or DICOM file.")
+        raise InvalidImageError(NO_IMAGE_MESSAGE)
     if not isinstance(image, (Image.Image, str, os.PathLike)):
         raise InvalidImageError(
             f"Expected a PIL image or an image file path, got {type(image).__name__}. "

@@ -7,13 +7,18 @@ can be tested without a browser.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import gradio as gr
 from PIL import Image
 
-from brain_tumor_classifier.predictor import InvalidImageError, Prediction, Predictor
+from brain_tumor_classifier.image_io import LoadedImage, load_upload
+from brain_tumor_classifier.predictor import NO_IMAGE_MESSAGE, InvalidImageError, Prediction, Predictor
 
 __all__ = [
     "CONCURRENCY_LIMIT",
@@ -88,6 +93,17 @@ ERROR_DURATION_S = None
 # Shown in the probabilities box in place of a tumor type when the prediction carries a warning.
 WITHHELD_LABEL = "Not classified"
 WITHHELD_EXPLANATION = "No tumor type and no Grad-CAM overlays are shown for this image."
+# Seconds between reading an upload and deleting its file. The browser requests the upload's preview
+# at the same moment as the prediction, and on a slow connection the preview request may reach the
+# server after the prediction has been made.
+UPLOAD_DELETE_DELAY_S = 10.0
+# Memory for decoded uploads, all sessions together: about 1,000 slices of 512 x 512 pixels.
+DECODED_UPLOADS_MAX_BYTES = 256 * 2**20
+# Shown when a model switch or the Classify button finds neither the upload's file nor its decoded slice.
+UPLOAD_GONE_MESSAGE = (
+    "This slice is no longer on the server: each upload is deleted shortly after it has been read, and "
+    "its decoded slice is kept only for a while. Upload the slice again."
+)
 # Used when a prediction is marked out of scope but carries no warning text of its own.
 OUT_OF_SCOPE_WARNING = (
     "This image does not look like the MRI slices the model was trained on, so its class "
@@ -113,6 +129,132 @@ def _describe(predictor: Predictor, *, answered: bool) -> str:
         f"{prefix} **{predictor.name}** (architecture `{predictor.architecture}`, "
         f"{classifier.input_size} px input, classes: {', '.join(predictor.label_names)})."
     )
+
+
+class _UploadStore:
+    """Reads uploads, deletes their files shortly afterwards, and keeps the decoded slices a while.
+
+    Gradio stores an upload as ``<cache>/<SHA-256 of the bytes>/<file name>``, so one path always
+    names the same content, and an upload sent twice gets the path of the first. Decoded slices
+    are therefore kept by path: a model switch or another click on Classify reuses one after its
+    file is gone, and so does a second request for the same file whose upload landed before the
+    first request deleted it. Slices are dropped ``max_age_s`` after their last use, and the
+    oldest first once they take more than ``max_bytes`` together.
+
+    Only files inside the demo's cache folder are deleted, and none that Gradio itself keeps there,
+    such as example slices. A file is deleted ``delete_delay_s`` after it is read, because the
+    browser requests the upload's preview at the same moment as the prediction. Handlers get the
+    store before the demo exists, so the demo is attached once it has been built.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_age_s: float = DEFAULT_CACHE_MAX_AGE_S,
+        max_bytes: int = DECODED_UPLOADS_MAX_BYTES,
+        delete_delay_s: float = UPLOAD_DELETE_DELAY_S,
+        max_failures: int = 256,
+    ) -> None:
+        self.demo: gr.Blocks | None = None
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
+        self.delete_delay_s = delete_delay_s
+        self.max_failures = max_failures
+        self._decoded: OrderedDict[str, tuple[float, LoadedImage]] = OrderedDict()
+        self._failures: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _cache(self) -> Path:
+        return Path(self.demo.GRADIO_CACHE).resolve()
+
+    def is_upload(self, path: str) -> bool:
+        """Return whether ``path`` is a file in the demo's cache that Gradio does not keep there."""
+        if self.demo is None:
+            return False
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self._cache()) or resolved == self._cache():
+            return False
+        # Gradio's own cache cleaner spares the same files.
+        return not any(path in getattr(block, "keep_in_cache", ()) for block in self.demo.blocks.values())
+
+    def read(self, path: str) -> LoadedImage:
+        """Decode the file at ``path``, or return its kept slice. Raises ``InvalidImageError``."""
+        if not self.is_upload(path):
+            return load_upload(path)
+        kept = self._kept(path)
+        if kept is not None:
+            if os.path.isfile(path):
+                # The same file was uploaded again after its first copy had been deleted.
+                self._delete_later(path)
+            return kept
+        if not os.path.isfile(path):
+            raise InvalidImageError(self._failure(path) or UPLOAD_GONE_MESSAGE)
+        try:
+            loaded = load_upload(path)
+        except InvalidImageError as error:
+            self._remember_failure(path, str(error))
+            raise
+        finally:
+            self._delete_later(path)
+        self._keep(path, loaded)
+        return loaded
+
+    def _kept(self, path: str) -> LoadedImage | None:
+        with self._lock:
+            self._drop_expired()
+            entry = self._decoded.get(path)
+            if entry is None:
+                return None
+            self._decoded[path] = (time.monotonic(), entry[1])
+            self._decoded.move_to_end(path)
+            return entry[1]
+
+    def _keep(self, path: str, loaded: LoadedImage) -> None:
+        with self._lock:
+            self._decoded[path] = (time.monotonic(), loaded)
+            self._decoded.move_to_end(path)
+            self._drop_expired()
+            while self._decoded and sum(_image_bytes(image) for _, image in self._decoded.values()) > self.max_bytes:
+                self._decoded.popitem(last=False)
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        while self._decoded and now - next(iter(self._decoded.values()))[0] > self.max_age_s:
+            self._decoded.popitem(last=False)
+
+    def _remember_failure(self, path: str, message: str) -> None:
+        # The same file sent again then gets the same message, not the one for a deleted upload.
+        with self._lock:
+            self._failures[path] = message
+            while len(self._failures) > self.max_failures:
+                self._failures.popitem(last=False)
+
+    def _failure(self, path: str) -> str | None:
+        with self._lock:
+            return self._failures.get(path)
+
+    def _delete_later(self, path: str) -> None:
+        if self.delete_delay_s <= 0:
+            self._delete(path)
+            return
+        timer = threading.Timer(self.delete_delay_s, self._delete, args=(path,))
+        timer.daemon = True
+        timer.start()
+
+    def _delete(self, path: str) -> None:
+        file = Path(path)
+        try:
+            file.unlink(missing_ok=True)
+            if file.parent.resolve() != self._cache():
+                file.parent.rmdir()
+        except OSError:
+            # The folder still contains the same bytes under another file name, which its own
+            # request deletes.
+            pass
+
+
+def _image_bytes(loaded: LoadedImage) -> int:
+    return loaded.image.width * loaded.image.height * len(loaded.image.getbands())
 
 
 def _uploaded_path(payload: Any) -> str | None:
@@ -169,11 +311,11 @@ def _notes(warning: str | None, notices: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def _answer(predictor: Predictor, prediction: Prediction) -> tuple:
+def _answer(predictor: Predictor, prediction: Prediction, decoding_notices: list[str]) -> tuple:
     """Return the four outputs for one prediction, withholding the tumor type when it has a warning."""
     # Notices describe how the upload was decoded, for example which frame of a multi-frame file was
     # used. They reach API clients in the notes output.
-    notices = [str(notice) for notice in getattr(prediction, "notices", None) or []]
+    notices = [*decoding_notices, *(str(notice) for notice in getattr(prediction, "notices", None) or [])]
     warning = _prediction_warning(prediction)
     if warning:
         # The browser also shows the warning as a pop-up. API clients get it in the notes output, since
@@ -183,9 +325,13 @@ def _answer(predictor: Predictor, prediction: Prediction) -> tuple:
     return prediction.probabilities, _gallery(prediction), _describe(predictor, answered=True), _notes(None, notices)
 
 
-def _classify_with(predictor: Predictor, image: Any) -> tuple:
+def _classify_with(predictor: Predictor, image: Any, uploads: _UploadStore) -> tuple:
     try:
-        prediction = predictor.predict(_uploaded_path(image))
+        path = _uploaded_path(image)
+        if path is None:
+            raise InvalidImageError(NO_IMAGE_MESSAGE)
+        loaded = uploads.read(path)
+        prediction = predictor.predict(loaded.image)
     except InvalidImageError as error:
         # The message may contain the uploaded file's name, so only the fact is logged.
         logger.info("Rejected an invalid image for model %s", predictor.name)
@@ -197,7 +343,8 @@ def _classify_with(predictor: Predictor, image: Any) -> tuple:
             duration=ERROR_DURATION_S,
             print_exception=False,
         ) from error
-    return _answer(predictor, prediction)
+    # The slice reaches the predictor decoded, so the notices about its decoding come from here.
+    return _answer(predictor, prediction, loaded.notices)
 
 
 def _lookup(predictors: Mapping[str, Predictor], model_name: str) -> Predictor:
@@ -212,9 +359,13 @@ def _lookup(predictors: Mapping[str, Predictor], model_name: str) -> Predictor:
     return predictor
 
 
-def _make_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, str], tuple]:
+def _make_handler(
+    predictors: Mapping[str, Predictor], uploads: _UploadStore | None = None
+) -> Callable[[Any, str], tuple]:
+    uploads = uploads or _UploadStore()
+
     def classify(image: Any, model_name: str) -> tuple[dict[str, float] | str, list, str, str]:
-        return _classify_with(_lookup(predictors, model_name), image)
+        return _classify_with(_lookup(predictors, model_name), image, uploads)
 
     return classify
 
@@ -225,14 +376,22 @@ def _shown_upload(image: Any, upload_file: Any) -> Any:
     return image if image is not None else upload_file
 
 
-def _make_page_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, Any, str], tuple]:
+def _make_page_handler(
+    predictors: Mapping[str, Predictor], uploads: _UploadStore | None = None
+) -> Callable[[Any, Any, str], tuple]:
+    uploads = uploads or _UploadStore()
+
     def classify_shown(image: Any, upload_file: Any, model_name: str) -> tuple:
-        return _classify_with(_lookup(predictors, model_name), _shown_upload(image, upload_file))
+        return _classify_with(_lookup(predictors, model_name), _shown_upload(image, upload_file), uploads)
 
     return classify_shown
 
 
-def _make_model_switch_handler(predictors: Mapping[str, Predictor]) -> Callable[[Any, Any, str], tuple]:
+def _make_model_switch_handler(
+    predictors: Mapping[str, Predictor], uploads: _UploadStore | None = None
+) -> Callable[[Any, Any, str], tuple]:
+    uploads = uploads or _UploadStore()
+
     def switch_model(image: Any, upload_file: Any, model_name: str) -> tuple:
         # A new model choice classifies the current slice again, so the result on screen always
         # comes from the model named under it. Without a slice, the old result is cleared.
@@ -240,7 +399,7 @@ def _make_model_switch_handler(predictors: Mapping[str, Predictor]) -> Callable[
         upload = _shown_upload(image, upload_file)
         if upload is None:
             return None, [], _describe(predictor, answered=False), ""
-        return _classify_with(predictor, upload)
+        return _classify_with(predictor, upload, uploads)
 
     return switch_model
 
@@ -262,8 +421,10 @@ def build_demo(
     ``(probabilities, gallery, model line, notes)``. A client may leave out ``model`` to use the
     default. Requests beyond ``concurrency_limit`` running and ``max_queue_size`` waiting are
     rejected with Gradio's "busy, try again" message. Blocks have no flagging, and usage
-    analytics are off. Every ``cache_max_age_s`` seconds Gradio deletes the uploads and rendered
-    overlays in its cache that are older than that, and it deletes all of them when the server stops.
+    analytics are off. Each upload is deleted from Gradio's cache ``UPLOAD_DELETE_DELAY_S`` seconds
+    after it has been read, and its decoded slice is kept in memory until ``cache_max_age_s``
+    seconds after its last use, so that a model switch can classify it again. Every ``cache_max_age_s`` seconds Gradio deletes the rendered
+    overlays older than that, and it deletes all cached files when the server stops.
     """
     if isinstance(predictors, Predictor):
         predictors = {predictors.name: predictors}
@@ -276,6 +437,7 @@ def build_demo(
         raise ValueError(f"default_model {default_model!r} is not one of the models: {', '.join(names)}.")
     examples = example_images(examples_dir)
 
+    uploads = _UploadStore(max_age_s=cache_max_age_s)
     # delete_cache = (how often to check, maximum age), both in seconds.
     delete_cache = (cache_max_age_s, cache_max_age_s)
     with gr.Blocks(title=title, delete_cache=delete_cache, analytics_enabled=False) as demo:
@@ -324,7 +486,7 @@ def build_demo(
         # Every classifying listener shares one concurrency group, so concurrency_limit counts
         # them together. Only the first is part of the API.
         image.upload(
-            fn=_make_handler(predictors),
+            fn=_make_handler(predictors, uploads),
             inputs=[image, model],
             outputs=outputs,
             api_name="predict",
@@ -332,9 +494,10 @@ def build_demo(
             concurrency_id="classify",
         )
         page_only = {"outputs": outputs, "api_visibility": "private", "preprocess": False, "concurrency_id": "classify"}
-        upload_file.upload(fn=_make_handler(predictors), inputs=[upload_file, model], **page_only)
-        submit.click(fn=_make_page_handler(predictors), inputs=[image, upload_file, model], **page_only)
-        model.input(fn=_make_model_switch_handler(predictors), inputs=[image, upload_file, model], **page_only)
+        upload_file.upload(fn=_make_handler(predictors, uploads), inputs=[upload_file, model], **page_only)
+        page_inputs = [image, upload_file, model]
+        submit.click(fn=_make_page_handler(predictors, uploads), inputs=page_inputs, **page_only)
+        model.input(fn=_make_model_switch_handler(predictors, uploads), inputs=page_inputs, **page_only)
         model.input(
             fn=lambda name: _gallery_note(_lookup(predictors, name)),
             inputs=model,
@@ -345,5 +508,6 @@ def build_demo(
         # A new upload in one box empties the other, so that the page classifies the newer file.
         image.upload(fn=lambda: None, outputs=upload_file, api_visibility="private", queue=False)
         upload_file.upload(fn=lambda: None, outputs=image, api_visibility="private", queue=False)
+    uploads.demo = demo
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)
     return demo

@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import threading
+import time
 import types
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from huggingface_hub import SpaceCard
 import app
 from brain_tumor_classifier import BrainTumorClassifier
 from brain_tumor_classifier.explain import DEFAULT_METHODS
+from brain_tumor_classifier.image_io import load_upload
 from brain_tumor_classifier.predictor import Predictor
 from space import ui
 from space.client import client_temp_folder as client_temp_folder_of
@@ -224,6 +226,114 @@ def test_classify_button_uses_either_box(predictor, slice_png):
     from_file_box = classify(None, {"path": str(slice_png)}, predictor.name)
 
     assert from_image_box[0] == from_file_box[0]
+
+
+# Uploads deleted once read ------------------------------------------------------------------------
+
+
+def _cached_upload(cache: Path, source: Path, folder: str = "0f3a") -> Path:
+    # Gradio stores each upload in a folder of its own inside its cache.
+    path = cache / folder / source.name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(source.read_bytes())
+    return path
+
+
+def _upload_store(cache: Path, *, kept: set[str] = frozenset(), **options) -> ui._UploadStore:
+    uploads = ui._UploadStore(**{"delete_delay_s": 0, **options})
+    uploads.demo = types.SimpleNamespace(GRADIO_CACHE=str(cache), blocks={0: types.SimpleNamespace(keep_in_cache=kept)})
+    return uploads
+
+
+def test_upload_deleted_slice_kept(predictor, slice_png, tmp_path):
+    cache = tmp_path / "cache"
+    upload = _cached_upload(cache, slice_png)
+    uploads = _upload_store(cache)
+    classify = ui._make_handler({predictor.name: predictor}, uploads)
+    switch = ui._make_model_switch_handler({predictor.name: predictor}, uploads)
+
+    first = classify({"path": str(upload)}, predictor.name)
+
+    assert not upload.exists(), "the upload must be deleted once read"
+    assert not upload.parent.exists()
+    assert cache.is_dir()
+    # A model switch classifies the kept slice again.
+    again = switch({"path": str(upload)}, None, predictor.name)
+    assert again[0] == first[0]
+    # The same file uploaded again is classified from the kept slice, and deleted too.
+    _cached_upload(cache, slice_png)
+    classify({"path": str(upload)}, predictor.name)
+    assert not upload.exists()
+
+
+def test_expired_upload_needs_new_upload(predictor, slice_png, tmp_path):
+    cache = tmp_path / "cache"
+    upload = _cached_upload(cache, slice_png)
+    classify = ui._make_page_handler({predictor.name: predictor}, _upload_store(cache, max_age_s=0))
+    classify({"path": str(upload)}, None, predictor.name)
+    time.sleep(0.01)
+
+    with pytest.raises(gr.Error) as raised:
+        classify({"path": str(upload)}, None, predictor.name)
+    assert raised.value.message == ui.UPLOAD_GONE_MESSAGE
+
+
+def test_decoded_uploads_stay_under_budget(slice_png, tmp_path):
+    cache = tmp_path / "cache"
+    first = _cached_upload(cache, slice_png, folder="a1")
+    second = _cached_upload(cache, slice_png, folder="b2")
+    one_slice = ui._image_bytes(load_upload(slice_png))
+    uploads = _upload_store(cache, max_bytes=one_slice)
+
+    uploads.read(str(first))
+    uploads.read(str(second))
+
+    assert uploads._kept(str(second)) is not None
+    assert uploads._kept(str(first)) is None, "the oldest slice must go first"
+
+
+def test_bad_upload_same_message_twice(predictor, tmp_path):
+    cache = tmp_path / "cache"
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    upload = _cached_upload(cache, bad)
+    classify = ui._make_page_handler({predictor.name: predictor}, _upload_store(cache))
+
+    messages = []
+    for _ in range(2):
+        with pytest.raises(gr.Error) as raised:
+            classify({"path": str(upload)}, None, predictor.name)
+        messages.append(raised.value.message)
+
+    assert not upload.exists()
+    assert "'notes.png'" in messages[0]
+    assert messages[1] == messages[0]
+
+
+def test_store_spares_non_uploads(predictor, slice_png, tmp_path):
+    cache = tmp_path / "cache"
+    example = _cached_upload(cache, slice_png)
+    classify = ui._make_handler({predictor.name: predictor}, _upload_store(cache, kept={str(example)}))
+
+    classify({"path": str(example)}, predictor.name)
+    classify({"path": str(slice_png)}, predictor.name)
+
+    assert example.is_file(), "files Gradio keeps in its cache, such as examples, must stay"
+    assert slice_png.is_file(), "files outside Gradio's cache must stay"
+
+
+def test_store_waits_before_deleting(tmp_path, slice_png):
+    cache = tmp_path / "cache"
+    upload = _cached_upload(cache, slice_png)
+    uploads = _upload_store(cache, delete_delay_s=0.5)
+
+    uploads.read(str(upload))
+
+    assert upload.is_file(), "the browser may still be loading the preview"
+    deadline = time.monotonic() + 30
+    while upload.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not upload.exists()
 
 
 # Queue and upload limits -----------------------------------------------------------------------------

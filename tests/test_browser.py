@@ -176,6 +176,9 @@ def test_upload_shows_label_and_gallery(page, slice_png, artifacts_dir):
     gallery_text = page.locator("#gallery").inner_text()
     for method in DEFAULT_METHODS:
         assert method in gallery_text, f"no gallery caption names {method}"
+    # The server deletes the upload shortly after reading it, so the preview must have loaded by then.
+    preview = page.locator("#slice img").first
+    assert preview.evaluate("image => image.complete && image.naturalWidth > 0"), "the uploaded slice is not shown"
 
 
 def test_switch_model_classifies_again(page, slice_png, artifacts_dir):
@@ -197,6 +200,13 @@ def test_switch_model_classifies_again(page, slice_png, artifacts_dir):
     captions = page.locator("#gallery").inner_text()
     top_class = page.locator("[data-testid=label-output-value]").inner_text().strip()
     assert captions.count(top_class) >= len(DEFAULT_METHODS), "gallery captions do not name the new top class"
+
+    # The upload's file was deleted after the first prediction, so this uses the slice the server kept.
+    with page.expect_response(lambda response: "queue/join" in response.url):
+        page.locator("#classify").click()
+    page.wait_for_timeout(3_000)
+    assert page.locator("[data-testid=toast-body]").count() == 0, page.locator("[data-testid=toast-body]").all_inner_texts()
+    _wait_for_gallery(page, len(DEFAULT_METHODS))
 
 
 def test_dicom_file_box_classifies(page, tmp_path, artifacts_dir):

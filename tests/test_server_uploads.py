@@ -361,12 +361,34 @@ def test_log_has_no_patient_data(server, client, tmp_path):
     assert "Traceback" not in log
 
 
-def test_uploads_deleted_after_max_age(server, client, tmp_path):
+def _upload_only(server: Server, path: Path) -> None:
+    # Sends the file to Gradio's upload route without requesting a prediction, as a browser does
+    # when its user closes the page between the upload and the request.
+    with path.open("rb") as file:
+        response = httpx.post(server.url + "gradio_api/upload", files={"files": (path.name, file)}, timeout=60)
+    response.raise_for_status()
+
+
+def test_upload_deleted_after_prediction(server, client, tmp_path):
     path = tmp_path / "deletion-check.dcm"
     path.write_bytes(dicom_monochrome2_window())
     _classify(client, path)
 
+    def still_cached() -> list[Path]:
+        return [cached for cached in server.cached_files() if cached.name == path.name]
+
+    deadline = time.monotonic() + ui.UPLOAD_DELETE_DELAY_S + 20
+    while still_cached() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert still_cached() == [], "an upload must be deleted shortly after it has been read"
+
+
+def test_unread_upload_deleted_after_max_age(server, tmp_path):
+    path = tmp_path / "never-classified.png"
+    Image.new("L", (32, 32), 90).save(path)
+    _upload_only(server, path)
     assert [cached for cached in server.cached_files() if cached.name == path.name], "the upload was not cached"
+
     # Gradio checks every CACHE_MAX_AGE_S seconds and deletes files older than that.
     deadline = time.monotonic() + 2 * CACHE_MAX_AGE_S + 30
     while server.cached_files() and time.monotonic() < deadline:
@@ -389,7 +411,7 @@ def test_stop_deletes_cache(server, client, tmp_path):
     # Stops the module's server, so it must stay the last test of the module.
     path = tmp_path / "shutdown-check.png"
     Image.new("L", (32, 32), 90).save(path)
-    _classify(client, path)
+    _upload_only(server, path)
     assert [cached for cached in server.cached_files() if cached.name == path.name], "the upload was not cached"
     opened = threading.Event()
     threading.Thread(target=_hold_heartbeat, args=(server.url, opened), daemon=True).start()
