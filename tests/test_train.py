@@ -1,6 +1,8 @@
 """Training end to end on a tiny generated imagefolder, through the real datasets + Accelerate path."""
 
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -95,6 +97,25 @@ def test_resume_continues_from_last_checkpoint(trained_run, tiny_imagefolder):
 
     assert exit_code == 0
     assert [entry["epoch"] for entry in history["epochs"]] == [1, 2]
+
+
+def test_resume_records_precision_change(trained_run, tiny_imagefolder, tmp_path, caplog, fresh_accelerator_state):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    first_epochs = len(json.loads((run / "history.json").read_text())["epochs"])
+
+    with caplog.at_level(logging.WARNING, logger="train.training"):
+        exit_code = train_main(
+            ["--dataset", str(tiny_imagefolder), "--output-dir", str(run), "--epochs", str(first_epochs + 1),
+             "--image-size", "32", "--batch-size", "8", "--eval-batch-size", "8", "--resume",
+             "--mixed-precision", "bf16"]
+        )
+    epochs = json.loads((run / "history.json").read_text())["epochs"]
+
+    assert exit_code == 0
+    assert {entry["mixed_precision"] for entry in epochs[:-1]} == {"no"}
+    assert epochs[-1]["mixed_precision"] == "bf16"
+    assert "Resuming in mixed precision bf16 after epochs trained in no" in caplog.text
 
 
 def test_stratified_split_is_reproducible_and_balanced():

@@ -274,6 +274,14 @@ def run_training(config: TrainConfig) -> dict:
     if config.resume and last_checkpoint.is_dir():
         accelerator.load_state(str(last_checkpoint))
         logger.info("Resumed from %s after epoch %d", last_checkpoint, state.epoch)
+        earlier = {record.get("mixed_precision") for record in state.history} - {None, precision}
+        if earlier:
+            # With --mixed-precision auto, a run resumed on other hardware may change precision.
+            logger.warning(
+                "Resuming in mixed precision %s after epochs trained in %s. history.json records the precision per epoch.",
+                precision,
+                ", ".join(sorted(earlier)),
+            )
 
     # Epochs: train, validate, keep the best weights, checkpoint.
     best_weights = checkpoint_dir / "best_model.safetensors"
@@ -286,7 +294,14 @@ def run_training(config: TrainConfig) -> dict:
         seconds = time.perf_counter() - epoch_start
         state.training_seconds += seconds
         state.epoch = epoch
-        record = {"epoch": epoch, **train_metrics, **val_metrics, "lr": scheduler.get_last_lr()[0], "seconds": seconds}
+        record = {
+            "epoch": epoch,
+            **train_metrics,
+            **val_metrics,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": seconds,
+            "mixed_precision": precision,
+        }
         state.history.append(record)
         improved = (val_metrics["val_accuracy"], -val_metrics["val_loss"]) > (
             state.best_val_accuracy,
