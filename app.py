@@ -14,10 +14,11 @@ module loads no model and starts nothing.
 
 Uploads and rendered overlays go to a cache folder of this process, made inside Gradio's
 (``$GRADIO_TEMP_DIR``, else ``gradio`` under the system temporary folder). Each upload is
-deleted shortly after it has been read (``space.ui.UPLOAD_DELETE_DELAY_S``), and overlays once
-they are ``--cache-max-age`` seconds old. The decoded slice stays in the session's memory for as
-long, so that a model switch can classify it again. The folder is deleted when the server stops
-on Ctrl+C or SIGTERM, but not when the process is killed.
+deleted shortly after it has been read (``space.ui.UPLOAD_DELETE_DELAY_S``), and its decoded
+slice is kept in memory, so that a model switch can classify it again, until ``--cache-max-age``
+seconds after its last use (256 MiB for all users together). Overlays, and uploads that were
+never read, are deleted once they are ``--cache-max-age`` seconds old. The folder is deleted when
+the server stops on Ctrl+C or SIGTERM, but not when the process is killed.
 """
 
 from __future__ import annotations
@@ -99,9 +100,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=_positive_int,
         default=DEFAULT_CACHE_MAX_AGE_S,
         metavar="SECONDS",
-        help="Age in seconds at which Gradio deletes a cached overlay (it checks at the same interval, so a "
-        "file stays between one and two times this long), and time after its last use at which a session's "
-        f"decoded slice is dropped. Uploads themselves are deleted once read. Default: {DEFAULT_CACHE_MAX_AGE_S}.",
+        help="Age in seconds at which Gradio deletes a cached overlay or an upload that was never read (it "
+        "checks at the same interval, so a file stays between one and two times this long), and time after "
+        "its last use at which a decoded upload is dropped from memory. Uploads that were read are deleted "
+        f"10 s later. Default: {DEFAULT_CACHE_MAX_AGE_S}.",
     )
     return parser.parse_args(argv)
 

@@ -97,7 +97,7 @@ WITHHELD_EXPLANATION = "No tumor type and no Grad-CAM overlays are shown for thi
 # at the same moment as the prediction, and on a slow connection the preview request may reach the
 # server after the prediction has been made.
 UPLOAD_DELETE_DELAY_S = 10.0
-# Memory for decoded uploads, all sessions together: about 1,000 slices of 512 x 512 pixels.
+# Memory for decoded uploads, all users together: about 1,000 grayscale slices of 512 x 512 pixels.
 DECODED_UPLOADS_MAX_BYTES = 256 * 2**20
 # Shown when a model switch or the Classify button finds neither the upload's file nor its decoded slice.
 UPLOAD_GONE_MESSAGE = (
@@ -134,17 +134,18 @@ def _describe(predictor: Predictor, *, answered: bool) -> str:
 class _UploadStore:
     """Reads uploads, deletes their files shortly afterwards, and keeps the decoded slices a while.
 
-    Gradio stores an upload as ``<cache>/<SHA-256 of the bytes>/<file name>``, so one path always
-    names the same content, and an upload sent twice gets the path of the first. Decoded slices
-    are therefore kept by path: a model switch or another click on Classify reuses one after its
-    file is gone, and so does a second request for the same file whose upload landed before the
-    first request deleted it. Slices are dropped ``max_age_s`` after their last use, and the
-    oldest first once they take more than ``max_bytes`` together.
+    Only files that came through Gradio's upload route are deleted or kept, and none that Gradio
+    keeps in its cache on purpose, such as example slices. Gradio stores an upload as
+    ``<cache>/<SHA-256 of the bytes>/<file name>``, so one upload path always names the same
+    content, and the same file uploaded twice gets the same path. Decoded slices are therefore kept
+    by path. A model switch or another click on Classify reuses one after its file is gone. So does
+    a second request for the same file whose upload landed before the first request deleted it.
 
-    Only files inside the demo's cache folder are deleted, and none that Gradio itself keeps there,
-    such as example slices. A file is deleted ``delete_delay_s`` after it is read, because the
-    browser requests the upload's preview at the same moment as the prediction. Handlers get the
-    store before the demo exists, so the demo is attached once it has been built.
+    A file is deleted ``delete_delay_s`` after it is read, because the browser requests the upload's
+    preview at the same moment as the prediction. Kept slices and the messages of uploads that
+    failed to decode are dropped ``max_age_s`` after their last use. A slice larger than
+    ``max_bytes / 16`` is not kept, and the oldest go first once all take more than ``max_bytes``.
+    Handlers get the store before the demo exists, so the demo is attached once it has been built.
     """
 
     def __init__(
@@ -153,26 +154,20 @@ class _UploadStore:
         max_age_s: float = DEFAULT_CACHE_MAX_AGE_S,
         max_bytes: int = DECODED_UPLOADS_MAX_BYTES,
         delete_delay_s: float = UPLOAD_DELETE_DELAY_S,
-        max_failures: int = 256,
     ) -> None:
         self.demo: gr.Blocks | None = None
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
         self.delete_delay_s = delete_delay_s
-        self.max_failures = max_failures
+        # Both map an upload path to (time of last use, value), oldest use first.
         self._decoded: OrderedDict[str, tuple[float, LoadedImage]] = OrderedDict()
-        self._failures: OrderedDict[str, str] = OrderedDict()
+        self._failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
-
-    def _cache(self) -> Path:
-        return Path(self.demo.GRADIO_CACHE).resolve()
+        self._sweeper: threading.Thread | None = None
 
     def is_upload(self, path: str) -> bool:
-        """Return whether ``path`` is a file in the demo's cache that Gradio does not keep there."""
-        if self.demo is None:
-            return False
-        resolved = Path(path).resolve()
-        if not resolved.is_relative_to(self._cache()) or resolved == self._cache():
+        """Return whether ``path`` came through Gradio's upload route and is not kept by Gradio."""
+        if self.demo is None or path not in getattr(self.demo, "upload_file_set", ()):
             return False
         # Gradio's own cache cleaner spares the same files.
         return not any(path in getattr(block, "keep_in_cache", ()) for block in self.demo.blocks.values())
@@ -181,76 +176,95 @@ class _UploadStore:
         """Decode the file at ``path``, or return its kept slice. Raises ``InvalidImageError``."""
         if not self.is_upload(path):
             return load_upload(path)
-        kept = self._kept(path)
+        self._start_sweeper()
+        try:
+            # Taken before reading, so that a later upload of the same file is recognized.
+            file_status = os.stat(path)
+        except OSError:
+            file_status = None
+        try:
+            return self._read(path)
+        finally:
+            # Also after a kept slice: the same file may have been uploaded again after its deletion.
+            if file_status is not None:
+                self._delete_later(path, file_status)
+
+    def _read(self, path: str) -> LoadedImage:
+        kept = self._use(self._decoded, path)
         if kept is not None:
-            if os.path.isfile(path):
-                # The same file was uploaded again after its first copy had been deleted.
-                self._delete_later(path)
             return kept
-        if not os.path.isfile(path):
-            raise InvalidImageError(self._failure(path) or UPLOAD_GONE_MESSAGE)
+        failure = self._use(self._failures, path)
+        if failure is not None:
+            raise InvalidImageError(failure)
         try:
             loaded = load_upload(path)
+        except FileNotFoundError:
+            # Deleted between the check and the read, by an earlier request's timer.
+            raise InvalidImageError(UPLOAD_GONE_MESSAGE) from None
         except InvalidImageError as error:
-            self._remember_failure(path, str(error))
+            if not os.path.isfile(path):
+                raise InvalidImageError(UPLOAD_GONE_MESSAGE) from None
+            self._remember(self._failures, path, str(error))
             raise
-        finally:
-            self._delete_later(path)
-        self._keep(path, loaded)
+        if _image_bytes(loaded) <= self.max_bytes // 16:
+            self._remember(self._decoded, path, loaded)
         return loaded
 
-    def _kept(self, path: str) -> LoadedImage | None:
+    def _use(self, entries: OrderedDict, path: str) -> Any:
         with self._lock:
-            self._drop_expired()
-            entry = self._decoded.get(path)
+            entry = entries.get(path)
             if entry is None:
                 return None
-            self._decoded[path] = (time.monotonic(), entry[1])
-            self._decoded.move_to_end(path)
+            entries[path] = (time.monotonic(), entry[1])
+            entries.move_to_end(path)
             return entry[1]
 
-    def _keep(self, path: str, loaded: LoadedImage) -> None:
+    def _remember(self, entries: OrderedDict, path: str, value: Any) -> None:
         with self._lock:
-            self._decoded[path] = (time.monotonic(), loaded)
-            self._decoded.move_to_end(path)
-            self._drop_expired()
-            while self._decoded and sum(_image_bytes(image) for _, image in self._decoded.values()) > self.max_bytes:
+            entries[path] = (time.monotonic(), value)
+            entries.move_to_end(path)
+            while sum(_image_bytes(image) for _, image in self._decoded.values()) > self.max_bytes:
                 self._decoded.popitem(last=False)
 
-    def _drop_expired(self) -> None:
+    def drop_expired(self) -> None:
+        """Forget the slices and failure messages last used more than ``max_age_s`` ago."""
         now = time.monotonic()
-        while self._decoded and now - next(iter(self._decoded.values()))[0] > self.max_age_s:
-            self._decoded.popitem(last=False)
-
-    def _remember_failure(self, path: str, message: str) -> None:
-        # The same file sent again then gets the same message, not the one for a deleted upload.
         with self._lock:
-            self._failures[path] = message
-            while len(self._failures) > self.max_failures:
-                self._failures.popitem(last=False)
+            for entries in (self._decoded, self._failures):
+                while entries and now - next(iter(entries.values()))[0] > self.max_age_s:
+                    entries.popitem(last=False)
 
-    def _failure(self, path: str) -> str | None:
+    def _start_sweeper(self) -> None:
         with self._lock:
-            return self._failures.get(path)
+            if self._sweeper is not None:
+                return
+            self._sweeper = threading.Thread(target=self._sweep, name="upload-store-sweeper", daemon=True)
+        self._sweeper.start()
 
-    def _delete_later(self, path: str) -> None:
+    def _sweep(self) -> None:
+        while True:
+            time.sleep(min(max(self.max_age_s, 1.0), 60.0))
+            self.drop_expired()
+
+    def _delete_later(self, path: str, file_status: os.stat_result) -> None:
         if self.delete_delay_s <= 0:
-            self._delete(path)
+            self._delete(path, file_status)
             return
-        timer = threading.Timer(self.delete_delay_s, self._delete, args=(path,))
+        timer = threading.Timer(self.delete_delay_s, self._delete, args=(path, file_status))
         timer.daemon = True
         timer.start()
 
-    def _delete(self, path: str) -> None:
-        file = Path(path)
+    def _delete(self, path: str, file_status: os.stat_result) -> None:
+        # A later upload of the same file replaces it with a new file, which its own request deletes.
+        # The empty folder stays: removing it could race Gradio creating it again for that upload.
         try:
-            file.unlink(missing_ok=True)
-            if file.parent.resolve() != self._cache():
-                file.parent.rmdir()
+            current = os.stat(path)
+            if (current.st_ino, current.st_mtime_ns) == (file_status.st_ino, file_status.st_mtime_ns):
+                os.unlink(path)
         except OSError:
-            # The folder still contains the same bytes under another file name, which its own
-            # request deletes.
             pass
+        # NOTE: Gradio's set of uploaded paths keeps this one. Gradio's cleaner removes a path from
+        # it only when it deletes the file itself, so the set grows by one path per distinct upload.
 
 
 def _image_bytes(loaded: LoadedImage) -> int:
@@ -423,8 +437,11 @@ def build_demo(
     rejected with Gradio's "busy, try again" message. Blocks have no flagging, and usage
     analytics are off. Each upload is deleted from Gradio's cache ``UPLOAD_DELETE_DELAY_S`` seconds
     after it has been read, and its decoded slice is kept in memory until ``cache_max_age_s``
-    seconds after its last use, so that a model switch can classify it again. Every ``cache_max_age_s`` seconds Gradio deletes the rendered
-    overlays older than that, and it deletes all cached files when the server stops.
+    seconds after its last use, so that a model switch can classify it again. Every
+    ``cache_max_age_s`` seconds Gradio deletes the overlays and unread uploads older than that,
+    and it deletes all cached files when the server stops. Set ``GRADIO_TEMP_DIR`` before calling
+    this: the demo keeps the cache folder it was built with, and uploads that Gradio copies there
+    from another folder are left to that age limit.
     """
     if isinstance(predictors, Predictor):
         predictors = {predictors.name: predictors}

@@ -3,6 +3,7 @@
 import ast
 import importlib
 import json
+import os
 import signal
 import socket
 import threading
@@ -234,14 +235,18 @@ def test_classify_button_uses_either_box(predictor, slice_png):
 def _cached_upload(cache: Path, source: Path, folder: str = "0f3a") -> Path:
     # Gradio stores each upload in a folder of its own inside its cache.
     path = cache / folder / source.name
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(source.read_bytes())
     return path
 
 
 def _upload_store(cache: Path, *, kept: set[str] = frozenset(), **options) -> ui._UploadStore:
+    # Gradio's upload route adds each upload's path to upload_file_set.
+    uploaded = {str(path) for path in cache.rglob("*") if path.is_file()}
     uploads = ui._UploadStore(**{"delete_delay_s": 0, **options})
-    uploads.demo = types.SimpleNamespace(GRADIO_CACHE=str(cache), blocks={0: types.SimpleNamespace(keep_in_cache=kept)})
+    uploads.demo = types.SimpleNamespace(
+        GRADIO_CACHE=str(cache), upload_file_set=uploaded, blocks={0: types.SimpleNamespace(keep_in_cache=kept)}
+    )
     return uploads
 
 
@@ -255,8 +260,6 @@ def test_upload_deleted_slice_kept(predictor, slice_png, tmp_path):
     first = classify({"path": str(upload)}, predictor.name)
 
     assert not upload.exists(), "the upload must be deleted once read"
-    assert not upload.parent.exists()
-    assert cache.is_dir()
     # A model switch classifies the kept slice again.
     again = switch({"path": str(upload)}, None, predictor.name)
     assert again[0] == first[0]
@@ -269,9 +272,11 @@ def test_upload_deleted_slice_kept(predictor, slice_png, tmp_path):
 def test_expired_upload_needs_new_upload(predictor, slice_png, tmp_path):
     cache = tmp_path / "cache"
     upload = _cached_upload(cache, slice_png)
-    classify = ui._make_page_handler({predictor.name: predictor}, _upload_store(cache, max_age_s=0))
+    uploads = _upload_store(cache, max_age_s=0)
+    classify = ui._make_page_handler({predictor.name: predictor}, uploads)
     classify({"path": str(upload)}, None, predictor.name)
     time.sleep(0.01)
+    uploads.drop_expired()
 
     with pytest.raises(gr.Error) as raised:
         classify({"path": str(upload)}, None, predictor.name)
@@ -280,16 +285,18 @@ def test_expired_upload_needs_new_upload(predictor, slice_png, tmp_path):
 
 def test_decoded_uploads_stay_under_budget(slice_png, tmp_path):
     cache = tmp_path / "cache"
-    first = _cached_upload(cache, slice_png, folder="a1")
-    second = _cached_upload(cache, slice_png, folder="b2")
+    paths = [str(_cached_upload(cache, slice_png, folder=f"{index:02d}")) for index in range(18)]
     one_slice = ui._image_bytes(load_upload(slice_png))
-    uploads = _upload_store(cache, max_bytes=one_slice)
+    uploads = _upload_store(cache, max_bytes=16 * one_slice)
+    too_small = _upload_store(cache, max_bytes=16 * one_slice - 1)
 
-    uploads.read(str(first))
-    uploads.read(str(second))
+    for path in paths[:17]:
+        uploads.read(path)
+    too_small.read(paths[17])
 
-    assert uploads._kept(str(second)) is not None
-    assert uploads._kept(str(first)) is None, "the oldest slice must go first"
+    assert uploads._use(uploads._decoded, paths[0]) is None, "the oldest slice must go first"
+    assert uploads._use(uploads._decoded, paths[16]) is not None
+    assert too_small._use(too_small._decoded, paths[17]) is None, "a slice over max_bytes / 16 must not be kept"
 
 
 def test_bad_upload_same_message_twice(predictor, tmp_path):
@@ -313,13 +320,32 @@ def test_bad_upload_same_message_twice(predictor, tmp_path):
 def test_store_spares_non_uploads(predictor, slice_png, tmp_path):
     cache = tmp_path / "cache"
     example = _cached_upload(cache, slice_png)
-    classify = ui._make_handler({predictor.name: predictor}, _upload_store(cache, kept={str(example)}))
+    uploads = _upload_store(cache, kept={str(example)})
+    # An overlay, or any other file in the cache that did not come through the upload route.
+    overlay = _cached_upload(cache, slice_png, folder="5e77")
+    classify = ui._make_handler({predictor.name: predictor}, uploads)
 
-    classify({"path": str(example)}, predictor.name)
-    classify({"path": str(slice_png)}, predictor.name)
+    for path in (example, overlay, slice_png):
+        classify({"path": str(path)}, predictor.name)
 
     assert example.is_file(), "files Gradio keeps in its cache, such as examples, must stay"
+    assert overlay.is_file(), "only files from the upload route may be deleted"
     assert slice_png.is_file(), "files outside Gradio's cache must stay"
+
+
+def test_store_spares_newer_upload(slice_png, tmp_path):
+    cache = tmp_path / "cache"
+    upload = _cached_upload(cache, slice_png)
+    uploads = _upload_store(cache, delete_delay_s=0.5)
+    uploads.read(str(upload))
+
+    # The same bytes uploaded again replace the file under the same path before the timer fires.
+    replacement = upload.with_name("replacement")
+    replacement.write_bytes(slice_png.read_bytes())
+    os.replace(replacement, upload)
+    time.sleep(1.0)
+
+    assert upload.is_file(), "the timer of the first read must not delete a newer upload"
 
 
 def test_store_waits_before_deleting(tmp_path, slice_png):
