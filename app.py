@@ -219,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request Gradio makes to itself at INFO level.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    with private_cache_folder():
+    with private_cache_folder() as cache_folder:
+        logger.info("Uploads and overlays go to %s, which is deleted when the demo stops", cache_folder)
         try:
             demo = create_demo(args)
         except (OSError, ValueError) as error:

@@ -514,14 +514,25 @@ def build_demo(
         upload_file.upload(fn=_make_handler(predictors, uploads), inputs=[upload_file, model], **page_only)
         page_inputs = [image, upload_file, model]
         submit.click(fn=_make_page_handler(predictors, uploads), inputs=page_inputs, **page_only)
-        model.input(fn=_make_model_switch_handler(predictors, uploads), inputs=page_inputs, **page_only)
-        model.input(
+        # A menu choice made with the mouse fired .input twice (Gradio 6.31), and the second run
+        # rewrote the overlay files that the browser was still loading. .change fires once.
+        model.change(fn=_make_model_switch_handler(predictors, uploads), inputs=page_inputs, **page_only)
+        model.change(
             fn=lambda name: _gallery_note(_lookup(predictors, name)),
             inputs=model,
             outputs=gallery_note,
             api_visibility="private",
             queue=False,
         )
+        # Clearing the slice clears the result, which would otherwise seem to belong to no slice.
+        for box in (image, upload_file):
+            box.clear(
+                fn=lambda name: (None, [], _describe(_lookup(predictors, name), answered=False), ""),
+                inputs=model,
+                outputs=outputs,
+                api_visibility="private",
+                queue=False,
+            )
         # A new upload in one box empties the other, so that the page classifies the newer file.
         image.upload(fn=lambda: None, outputs=upload_file, api_visibility="private", queue=False)
         upload_file.upload(fn=lambda: None, outputs=image, api_visibility="private", queue=False)

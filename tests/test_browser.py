@@ -191,10 +191,15 @@ def test_switch_model_classifies_again(page, slice_png, artifacts_dir):
     # Each option's text starts with the check mark of the selected option, hidden or not.
     names = sorted(text.replace("✓", "").strip() for text in options.all_inner_texts())
     assert names == ["tiny-first", "tiny-second"]
+    joins = []
+    page.on("request", lambda request: joins.append(request.url) if "queue/join" in request.url else None)
     options.filter(has_text="tiny-first").click()
     _wait_for_answer(page, "tiny-first")
     _wait_for_gallery(page, len(DEFAULT_METHODS))
+    page.wait_for_timeout(2_000)
     page.screenshot(path=str(artifacts_dir / "switch-model.png"), full_page=True)
+
+    assert len(joins) == 1, f"one menu choice must classify once, got {len(joins)} requests"
 
     assert page.locator("#model input").input_value() == "tiny-first"
     captions = page.locator("#gallery").inner_text()
@@ -207,6 +212,19 @@ def test_switch_model_classifies_again(page, slice_png, artifacts_dir):
     page.wait_for_timeout(3_000)
     assert page.locator("[data-testid=toast-body]").count() == 0, page.locator("[data-testid=toast-body]").all_inner_texts()
     _wait_for_gallery(page, len(DEFAULT_METHODS))
+
+
+def test_clearing_slice_clears_result(page, slice_png, artifacts_dir):
+    _upload(page, slice_png)
+    _wait_for_answer(page, "tiny-second")
+    _wait_for_gallery(page, len(DEFAULT_METHODS))
+
+    page.locator("#slice button[aria-label='Remove Image']").click()
+    page.locator("#model-line").filter(has_text="Selected model: tiny-second").wait_for()
+    page.screenshot(path=str(artifacts_dir / "cleared.png"), full_page=True)
+
+    assert page.locator("#gallery img").count() == 0
+    assert page.locator("[data-testid=label-output-value]").count() == 0
 
 
 def test_dicom_file_box_classifies(page, tmp_path, artifacts_dir):
