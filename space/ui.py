@@ -10,12 +10,13 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import gradio as gr
-from PIL import Image
+from PIL import ExifTags, Image
 
 from brain_tumor_classifier.image_io import LoadedImage, load_upload
 from brain_tumor_classifier.predictor import NO_IMAGE_MESSAGE, InvalidImageError, Prediction, Predictor
@@ -303,7 +304,18 @@ def _gallery_note(predictor: Predictor) -> str:
 
 
 def _gallery(prediction: Prediction) -> list[tuple[Image.Image, str]]:
-    return [(result.overlay_image(), result.caption) for result in prediction.gallery]
+    # Gradio saves each gallery image as <cache>/<hash of its bytes>/image.jpeg and rewrites that
+    # file in place, so two requests for the same slice would share files, and one request could cut
+    # off the other's download. A random EXIF ImageUniqueID per request keeps their files apart.
+    exif = Image.Exif()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.ImageUniqueID] = uuid.uuid4().hex
+    exif_bytes = exif.tobytes()
+    items = []
+    for result in prediction.gallery:
+        overlay = result.overlay_image()
+        overlay.info["exif"] = exif_bytes
+        items.append((overlay, result.caption))
+    return items
 
 
 def _prediction_warning(prediction: Prediction) -> str | None:

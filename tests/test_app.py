@@ -16,6 +16,7 @@ from typing import Iterator
 import gradio as gr
 import pytest
 import torch
+from gradio.processing_utils import encode_pil_to_bytes
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
@@ -227,6 +228,15 @@ def test_classify_button_uses_either_box(predictor, slice_png):
     from_file_box = classify(None, {"path": str(slice_png)}, predictor.name)
 
     assert from_image_box[0] == from_file_box[0]
+
+
+def test_gallery_files_differ_per_request(predictor, slice_png):
+    # Gradio names a gallery file after a hash of its encoded bytes.
+    prediction = predictor.predict(str(slice_png))
+    first, second = (ui._gallery(prediction)[0][0] for _ in range(2))
+
+    assert encode_pil_to_bytes(first, ui.GALLERY_FORMAT) != encode_pil_to_bytes(second, ui.GALLERY_FORMAT)
+    assert first.tobytes() == second.tobytes(), "the pixels must stay the same"
 
 
 # Uploads deleted once read ------------------------------------------------------------------------
