@@ -191,9 +191,9 @@ class _UploadStore:
                 self._delete_later(path, file_status)
 
     def _read(self, path: str) -> LoadedImage:
-        kept = self._use(self._decoded, path)
-        if kept is not None:
-            return kept
+        decoded = self._use(self._decoded, path)
+        if decoded is not None:
+            return decoded
         failure = self._use(self._failures, path)
         if failure is not None:
             raise InvalidImageError(failure)
@@ -351,6 +351,11 @@ def _answer(predictor: Predictor, prediction: Prediction, decoding_notices: list
     return prediction.probabilities, _gallery(prediction), _describe(predictor, answered=True), _notes(None, notices)
 
 
+def _cleared(predictor: Predictor) -> tuple:
+    """Return the four outputs for a page without a slice: no result, and the selected model."""
+    return None, [], _describe(predictor, answered=False), ""
+
+
 def _classify_with(predictor: Predictor, image: Any, uploads: _UploadStore) -> tuple:
     try:
         path = _uploaded_path(image)
@@ -424,7 +429,7 @@ def _make_model_switch_handler(
         predictor = _lookup(predictors, model_name)
         upload = _shown_upload(image, upload_file)
         if upload is None:
-            return None, [], _describe(predictor, answered=False), ""
+            return _cleared(predictor)
         return _classify_with(predictor, upload, uploads)
 
     return switch_model
@@ -526,8 +531,8 @@ def build_demo(
         upload_file.upload(fn=_make_handler(predictors, uploads), inputs=[upload_file, model], **page_only)
         page_inputs = [image, upload_file, model]
         submit.click(fn=_make_page_handler(predictors, uploads), inputs=page_inputs, **page_only)
-        # A menu choice made with the mouse fired .input twice (Gradio 6.31), and the second run
-        # rewrote the overlay files that the browser was still loading. .change fires once.
+        # A menu choice made with the mouse fired .input twice (Gradio 6.31), which classified the
+        # slice twice. .change fires once.
         model.change(fn=_make_model_switch_handler(predictors, uploads), inputs=page_inputs, **page_only)
         model.change(
             fn=lambda name: _gallery_note(_lookup(predictors, name)),
@@ -539,7 +544,7 @@ def build_demo(
         # Clearing the slice clears the result, which would otherwise seem to belong to no slice.
         for box in (image, upload_file):
             box.clear(
-                fn=lambda name: (None, [], _describe(_lookup(predictors, name), answered=False), ""),
+                fn=lambda name: _cleared(_lookup(predictors, name)),
                 inputs=model,
                 outputs=outputs,
                 api_visibility="private",
