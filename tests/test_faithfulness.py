@@ -15,23 +15,21 @@ import train.report
 from brain_tumor_classifier.explain import DEFAULT_METHODS, FAITHFULNESS_NAME, order_by_faithfulness, read_faithfulness
 from brain_tumor_classifier.predictor import Predictor
 from train.__main__ import main as train_main
+from train.boxes import Box, box_mask, read_boxes
 from train.faithfulness import (
     CHANCE_BASELINE_KEY,
     SETTINGS_KEY,
-    Box,
     _RemoveTopFraction,
     box_area_share,
-    box_mask,
     energy_inside,
     main as faithfulness_main,
     method_scores,
     pointing_hit,
-    read_boxes,
     spread_rows,
 )
 from train.report import faithfulness_lines, plot_faithfulness
 
-from conftest import BLOB_CENTERS, BLOB_SLICE_HEIGHT, BLOB_SLICE_WIDTH, write_blob_imagefolder
+from conftest import BLOB_SLICE_HEIGHT, BLOB_SLICE_WIDTH, write_boxed_imagefolder
 
 # pytorch-grad-cam 1.5.7's NoisyLinearImputer calls np.argwhere on a torch tensor, which numpy 2
 # reports as deprecated once per imputed image.
@@ -45,12 +43,7 @@ SLICE_WIDTH, SLICE_HEIGHT = BLOB_SLICE_WIDTH, BLOB_SLICE_HEIGHT
 def boxed_imagefolder(tmp_path_factory):
     """Write 10 non-square slices per class, each with a bright 10 x 10 blob, and a box CSV around the blobs."""
     root = tmp_path_factory.mktemp("boxed-imagefolder")
-    lines = ["file_name,x_center,y_center,width,height"]
-    for file_name in write_blob_imagefolder(root, seed=0):
-        x, y = BLOB_CENTERS[file_name.split("/")[0]]
-        box = (x / SLICE_WIDTH, y / SLICE_HEIGHT, 10 / SLICE_WIDTH, 10 / SLICE_HEIGHT)
-        lines.append(f"{file_name}," + ",".join(str(value) for value in box))
-    (root / "tumor_boxes.csv").write_text("\n".join(lines) + "\n")
+    write_boxed_imagefolder(root, seed=0)
     return root
 
 

@@ -20,8 +20,12 @@ def augment_batch(
     max_translation: float = 0.08,
     intensity_jitter: float = 0.15,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+    masks: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Randomly flip, rotate, scale, shift and change the contrast of a batch; returns [0, 255] floats.
+
+    With ``masks`` (``N x 1 x H x W``, such as tumor boxes), each mask gets its slice's flip,
+    rotation, scale and shift but no contrast change, and ``(slices, masks)`` is returned.
 
     Left-right flips keep the anatomy plausible (the brain is roughly symmetric), whereas
     up-down flips would not, so only the former is used. Contrast and brightness jitter stand
@@ -45,10 +49,16 @@ def augment_batch(
     theta[:, 1, 1] = cos
     theta[:, 0, 2] = uniform(-max_translation, max_translation) * 2
     theta[:, 1, 2] = uniform(-max_translation, max_translation) * 2
+    channels = batch.shape[1]
+    if masks is not None:
+        batch = torch.cat([batch, masks.float()], dim=1)
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
     # Zero padding matches the black background around the head.
     batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if masks is not None:
+        batch, moved_masks = batch[:, :channels], batch[:, channels:]
 
     contrast = uniform(1 - intensity_jitter, 1 + intensity_jitter).view(n, 1, 1, 1)
     brightness = uniform(-intensity_jitter, intensity_jitter).view(n, 1, 1, 1) * 255 * 0.5
-    return (batch * contrast + brightness).clamp_(0, 255)
+    batch = (batch * contrast + brightness).clamp_(0, 255)
+    return batch if masks is None else (batch, moved_masks)

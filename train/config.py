@@ -35,6 +35,8 @@ class TrainConfig:
     scale_jitter: float = 0.1
     translation: float = 0.08
     intensity_jitter: float = 0.15
+    box_loss_weight: float = 0.0
+    boxes: str = ""
     mixed_precision: str = "auto"
     channels_last: bool = True
     seed: int = 42
@@ -76,6 +78,12 @@ HELP = {
         "Random contrast and brightness change x: contrast times 1 - x to 1 + x, brightness shifted by "
         "up to x times half the intensity range."
     ),
+    "box_loss_weight": (
+        "Weight of an auxiliary loss that teaches the last feature map where the tumor box is (a "
+        "1x1 convolution and a softmax over the map's cells, scored by cross-entropy against the box's "
+        "share of each cell). Only training uses it: the exported model is unchanged. 0 turns it off."
+    ),
+    "boxes": "CSV of tumor boxes for --box-loss-weight (default: tumor_boxes.csv in the dataset folder).",
     "mixed_precision": (
         "'auto', 'no' or 'bf16' (autocast on CPU and GPU; weights stay float32). 'auto' uses bf16 only "
         "where the hardware computes it natively (a recent GPU, or a CPU with AVX-512 BF16 or AMX): "
@@ -152,3 +160,11 @@ def check_augmentation(config: TrainConfig) -> None:
         if not low <= value <= high:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"Invalid {flag} {value:g}: use a value between {low:g} and {high:g}.")
+    if config.box_loss_weight < 0:
+        raise ValueError(f"Invalid --box-loss-weight {config.box_loss_weight:g}: use 0 (off) or a positive weight.")
+    if config.box_loss_weight > 0 and (config.mixup_alpha > 0 or config.cutmix_alpha > 0):
+        # A mixed image holds two tumors in proportions the box mask cannot follow.
+        raise ValueError(
+            "--box-loss-weight cannot be combined with mixup or CutMix: set --mixup-alpha 0 and "
+            "--cutmix-alpha 0, or --box-loss-weight 0."
+        )

@@ -35,7 +35,6 @@ model folder contains this file.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import shlex
@@ -61,12 +60,11 @@ from brain_tumor_classifier.explain import (
     capture_activations_and_gradients,
 )
 
+from .boxes import BOXES_NAME, Box, box_mask, read_boxes
 from .data import MANIFEST_NAME, load_labeled_images, read_manifest_split
 
 logger = logging.getLogger(__name__)
 
-BOXES_NAME = "tumor_boxes.csv"
-BOX_COLUMNS = ("file_name", "x_center", "y_center", "width", "height")
 DEFAULT_ROAD_FRACTION = 0.2
 SCORE_KEYS = ("pointing_game", "energy_pointing", "road")
 # The other entry of faithfulness.json that is not a method, beside CHANCE_BASELINE_KEY.
@@ -75,46 +73,7 @@ SETTINGS_KEY = "settings"
 RANDOM_MAP_NAME = "random map"
 
 
-class Box(NamedTuple):
-    """A tumor bounding box in the YOLO convention: center and size as fractions of the image side."""
-
-    x_center: float
-    y_center: float
-    width: float
-    height: float
-
-
-# Boxes and the two pointing scores ------------------------------------------------------------
-
-
-def read_boxes(path: str | Path) -> dict[str, Box]:
-    """Read ``file_name,x_center,y_center,width,height`` rows into a box per file name."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Tumor box file {path} was not found. Pass --boxes with the path of {BOXES_NAME}.")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in BOX_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} has no column {missing}: its header must be {','.join(BOX_COLUMNS)}.")
-        boxes = {}
-        for line_number, row in enumerate(reader, start=2):
-            try:
-                boxes[row["file_name"]] = Box(*(float(row[column]) for column in BOX_COLUMNS[1:]))
-            except ValueError as error:
-                raise ValueError(f"{path}, line {line_number}: invalid box value ({error}).") from error
-    return boxes
-
-
-def box_mask(box: Box, width: int, height: int) -> np.ndarray:
-    """Return a ``height x width`` boolean mask of the pixels whose centers lie inside ``box``."""
-    left = (box.x_center - box.width / 2) * width
-    right = (box.x_center + box.width / 2) * width
-    top = (box.y_center - box.height / 2) * height
-    bottom = (box.y_center + box.height / 2) * height
-    columns = np.arange(width) + 0.5
-    rows = np.arange(height) + 0.5
-    return ((rows >= top) & (rows <= bottom))[:, None] & ((columns >= left) & (columns <= right))[None, :]
+# The two pointing scores ---------------------------------------------------------------------
 
 
 def box_area_share(mask: np.ndarray) -> float:

@@ -25,6 +25,7 @@ from brain_tumor_classifier.preprocessing import normalize
 from model_card import write_model_card
 
 from .augment import augment_batch
+from .boxes import BOXES_NAME, box_masks, read_boxes
 from .config import CONFIG_NAME, TrainConfig
 from .data import (
     MANIFEST_NAME,
@@ -52,6 +53,9 @@ class SplitPixels:
     label_names: list[str]
     pixels: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
+    # Tumor box masks (uint8, 255 inside) and which rows have a box; only with --box-loss-weight.
+    box_masks: dict[str, np.ndarray] | None = None
+    has_box: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -98,11 +102,76 @@ def prepare_data(config: TrainConfig, output_dir: Path, accelerator: Accelerator
             output_dir / MANIFEST_NAME, images, splits, source=config.dataset, seed=config.seed,
             kind=config.split, groups=groups,
         )
-    return SplitPixels(
+    data = SplitPixels(
         label_names=images.label_names,
         pixels={name: pixels[rows] for name, rows in splits.items()},
         labels={name: labels[rows] for name, rows in splits.items()},
     )
+    if config.box_loss_weight > 0:
+        masks, has_box = training_box_masks(config, images)
+        data.box_masks = {name: masks[rows] for name, rows in splits.items()}
+        data.has_box = {name: has_box[rows] for name, rows in splits.items()}
+    return data
+
+
+def training_box_masks(config: TrainConfig, images: LabeledImages) -> tuple[np.ndarray, np.ndarray]:
+    """Read the tumor boxes for --box-loss-weight and rasterize them at the training size."""
+    boxes_path = Path(config.boxes) if config.boxes else None
+    if boxes_path is None:
+        if not Path(config.dataset).is_dir():
+            raise ValueError(
+                f"--box-loss-weight needs tumor boxes, and the dataset {config.dataset!r} is not a local "
+                f"folder: pass --boxes with the path of {BOXES_NAME}."
+            )
+        boxes_path = Path(config.dataset) / BOXES_NAME
+    masks, has_box = box_masks(
+        images.dataset, images.image_column, images.file_ids, read_boxes(boxes_path), config.image_size
+    )
+    if not has_box.any():
+        raise ValueError(
+            f"No slice of {config.dataset} has a box in {boxes_path}: its file_name column must hold "
+            "paths relative to the dataset folder, such as glioma/1.jpg."
+        )
+    logger.info("Tumor boxes for %d of %d slices from %s", int(has_box.sum()), len(has_box), boxes_path)
+    return masks, has_box
+
+
+class BoxHead(torch.nn.Module):
+    """Training-only head that learns where the tumor box lies on the last feature map.
+
+    A 1x1 convolution scores each cell of the features that enter the model's global pooling
+    (read through a forward pre-hook), and a softmax over the cells is scored by cross-entropy
+    against the share of the box in each cell. The softmax makes the loss independent of the box's
+    size, which matters here: a box covers 2.5% of a slice on average. The classifier and its
+    exported weights stay unchanged.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(model.num_features, 1, kernel_size=1)
+        self.features: torch.Tensor | None = None
+
+    def watch(self, model: torch.nn.Module) -> None:
+        """Keep the input of ``model.global_pool`` from each training forward pass."""
+
+        def keep_features(module: torch.nn.Module, args: tuple) -> None:
+            if module.training:
+                self.features = args[0]
+
+        model.global_pool.register_forward_pre_hook(keep_features)
+
+    def forward(self, masks: torch.Tensor, has_box: torch.Tensor) -> torch.Tensor:
+        """Return the mean spatial cross-entropy over the slices with a box.
+
+        It scores the features of the latest training forward pass, so call it right after that pass.
+        """
+        scores = self.conv(self.features).float()
+        self.features = None
+        shares = torch.nn.functional.adaptive_avg_pool2d(masks.float(), scores.shape[-2:]).flatten(1)
+        targets = shares / shares.sum(dim=1, keepdim=True).clamp(min=1e-6)
+        per_image = -(targets * torch.log_softmax(scores.flatten(1), dim=1)).sum(dim=1)
+        weights = has_box.float() * (shares.sum(dim=1) > 0).float()
+        return (per_image * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 def find_groups(images: LabeledImages, pixels: np.ndarray, group_column: str) -> np.ndarray:
@@ -135,27 +204,34 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 def train_one_epoch(
-    model, loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema=None, mixup=None
+    model, loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema=None, mixup=None,
+    box_head=None,
 ) -> dict:
     """Run one epoch of augmented training and return mean loss, accuracy and images per second.
 
     With ``mixup``, the loss is taken against the mixed soft targets, while the reported
-    accuracy still compares the prediction with each image's own label.
+    accuracy still compares the prediction with each image's own label. With ``box_head``, the
+    loader also yields box masks, and ``train_box_loss`` is the mean auxiliary loss (``train_loss``
+    stays the classification loss alone).
     """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
+    box_loss_sum = 0.0
     start = time.perf_counter()
     batches = tqdm(
         loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not accelerator.is_local_main_process
     )
-    for batch_index, (pixels, labels) in enumerate(batches):
-        augmented = augment_batch(
-            pixels.unsqueeze(1),
-            max_rotation_degrees=config.rotation_degrees,
-            scale_range=(1 - config.scale_jitter, 1 + config.scale_jitter),
-            max_translation=config.translation,
-            intensity_jitter=config.intensity_jitter,
-        )
+    for batch_index, (pixels, labels, *box_batch) in enumerate(batches):
+        strengths = {
+            "max_rotation_degrees": config.rotation_degrees,
+            "scale_range": (1 - config.scale_jitter, 1 + config.scale_jitter),
+            "max_translation": config.translation,
+            "intensity_jitter": config.intensity_jitter,
+        }
+        if box_head is None:
+            augmented = augment_batch(pixels.unsqueeze(1), **strengths)
+        else:
+            augmented, masks = augment_batch(pixels.unsqueeze(1), masks=box_batch[0].unsqueeze(1), **strengths)
         inputs = normalize(augmented, classifier.mean, classifier.std)
         if config.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -164,7 +240,14 @@ def train_one_epoch(
             inputs, targets = mixup(inputs, labels)
         logits = model(inputs)
         loss = criterion(logits.float(), targets)
-        accelerator.backward(loss)
+        total_loss = loss
+        if box_head is not None:
+            with accelerator.autocast():
+                # Called through the prepared module, so that several processes average its gradients.
+                box_loss = box_head(masks, box_batch[1])
+            total_loss = loss + config.box_loss_weight * box_loss
+            box_loss_sum += accelerator.gather(box_loss.detach().reshape(1) * len(labels)).sum().item()
+        accelerator.backward(total_loss)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -180,7 +263,10 @@ def train_one_epoch(
         seen += int(batch_size)
         batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
     seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "images_per_second": seen / seconds}
+    metrics = {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "images_per_second": seen / seconds}
+    if box_head is not None:
+        metrics["train_box_loss"] = box_loss_sum / seen
+    return metrics
 
 
 @torch.no_grad()
@@ -230,7 +316,10 @@ def run_training(config: TrainConfig) -> dict:
         classifier.to(memory_format=torch.channels_last)
 
     def loader(split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
-        dataset = TensorDataset(torch.from_numpy(data.pixels[split]), torch.from_numpy(data.labels[split]))
+        tensors = [torch.from_numpy(data.pixels[split]), torch.from_numpy(data.labels[split])]
+        if shuffle and data.box_masks is not None:
+            tensors += [torch.from_numpy(data.box_masks[split]), torch.from_numpy(data.has_box[split])]
+        dataset = TensorDataset(*tensors)
         # Dropping the last partial batch keeps batch-norm statistics sound, unless it is the only batch.
         drop_last = shuffle and len(dataset) > batch_size
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
@@ -239,8 +328,10 @@ def run_training(config: TrainConfig) -> dict:
     val_loader = loader("validation", shuffle=False, batch_size=config.eval_batch_size)
 
     # Optimizer and schedule: AdamW, linear warmup, cosine decay, stepped per batch.
-    no_decay = [p for n, p in classifier.named_parameters() if p.ndim <= 1]
-    decay = [p for n, p in classifier.named_parameters() if p.ndim > 1]
+    box_head = BoxHead(classifier.model) if data.box_masks is not None else None
+    trained = [classifier] if box_head is None else [classifier, box_head]
+    no_decay = [p for module in trained for p in module.parameters() if p.ndim <= 1]
+    decay = [p for module in trained for p in module.parameters() if p.ndim > 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
@@ -253,6 +344,8 @@ def run_training(config: TrainConfig) -> dict:
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         classifier, optimizer, train_loader, val_loader, scheduler
     )
+    if box_head is not None:
+        box_head = accelerator.prepare(box_head)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     mixup = None
     if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
@@ -270,6 +363,9 @@ def run_training(config: TrainConfig) -> dict:
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.ema_decay, use_warmup=True)
         accelerator.register_for_checkpointing(ema)
     scored_model = model if ema is None else ema.module
+    if box_head is not None:
+        # After the EMA copy, so that the average's forward passes do not feed the box head.
+        accelerator.unwrap_model(box_head).watch(accelerator.unwrap_model(model).model)
     last_checkpoint = checkpoint_dir / "last"
     if config.resume and last_checkpoint.is_dir():
         accelerator.load_state(str(last_checkpoint))
@@ -288,7 +384,8 @@ def run_training(config: TrainConfig) -> dict:
     for epoch in range(state.epoch + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         train_metrics = train_one_epoch(
-            model, train_loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema, mixup
+            model, train_loader, optimizer, scheduler, criterion, accelerator, config, classifier, epoch, ema, mixup,
+            box_head,
         )
         val_metrics = evaluate_loader(scored_model, val_loader, criterion, accelerator, config, classifier)
         seconds = time.perf_counter() - epoch_start
@@ -315,9 +412,10 @@ def run_training(config: TrainConfig) -> dict:
                 safetensors.torch.save_model(accelerator.unwrap_model(scored_model).model, str(best_weights))
         accelerator.save_state(str(last_checkpoint))
         if accelerator.is_main_process:
+            box_text = f" box {record['train_box_loss']:.4f}" if "train_box_loss" in record else ""
             logger.info(
-                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s, %.0f s%s",
-                epoch, config.epochs, record["train_loss"], record["train_accuracy"], record["val_loss"],
+                "epoch %d/%d: train loss %.4f acc %.4f%s | val loss %.4f acc %.4f | %.0f img/s, %.0f s%s",
+                epoch, config.epochs, record["train_loss"], record["train_accuracy"], box_text, record["val_loss"],
                 record["val_accuracy"], record["images_per_second"], seconds, " (best)" if improved else "",
             )
     accelerator.wait_for_everyone()
