@@ -69,12 +69,13 @@ def test_config_rejects_bad_box_options(options, message):
         check_augmentation(TrainConfig(**options))
 
 
-def test_box_loss_run_exports_plain_model(boxed_folder, tmp_path):
+@pytest.mark.parametrize("model", ["braincancernet", "resnet50"])
+def test_box_loss_run_exports_plain_model(boxed_folder, tmp_path, model):
     run_dir = tmp_path / "run"
     exit_code = train_main(
         # At 64 px the last feature map has 2 x 2 cells, so the box loss has cells to choose from.
-        ["--dataset", str(boxed_folder), "--output-dir", str(run_dir), "--epochs", "2", "--image-size", "64",
-         "--batch-size", "8", "--eval-batch-size", "8", "--box-loss-weight", "1.0"]
+        ["--model", model, "--dataset", str(boxed_folder), "--output-dir", str(run_dir), "--epochs", "2",
+         "--image-size", "64", "--batch-size", "8", "--eval-batch-size", "8", "--box-loss-weight", "1.0"]
     )
     assert exit_code == 0
     epochs = json.loads((run_dir / "history.json").read_text())["epochs"]
