@@ -11,7 +11,7 @@ import torch
 
 from train.__main__ import main as train_main
 from train.augment import augment_batch
-from train.boxes import Box, square_box_mask
+from train.boxes import Box, read_boxes, square_box_mask
 from train.config import TrainConfig, check_augmentation
 
 from conftest import write_boxed_imagefolder
@@ -92,3 +92,12 @@ def test_box_loss_run_names_missing_csv(boxed_folder, tmp_path, capsys):
     )
     assert exit_code != 0
     assert "none.csv was not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("row", ["glioma/1.png,1.5,0.3,0.2,0.2", "glioma/1.png,0.5,0.5,0.0,0.2"])
+def test_read_boxes_rejects_out_of_range(tmp_path, row):
+    path = tmp_path / "boxes.csv"
+    path.write_text("file_name,x_center,y_center,width,height\n" + row + "\n")
+
+    with pytest.raises(ValueError, match="line 2: invalid box"):
+        read_boxes(path)

@@ -275,7 +275,9 @@ def test_card_calibration_equals_file(measured_run_dir: Path) -> None:
     assert "| test MRI slices flagged as out of scope (3 of 460) | 0.0065 |" in section
     assert "| non-MRI images flagged as out of scope (16 of 17) | 0.9412 |" in section
     assert "| `photo` | 7 | 6 | a bundled photo |" in section
-    assert "flags\n1% of the validation slices" in section
+    assert "set\nto flag 1% of the validation slices" in section
+    assert "it flags 0.87% of them." in section
+    assert "The temperature is below 1, so it sharpens the probabilities." in section
     assert (
         "Not counted above: one MRI from another source scored 812.3 (threshold 473.9) and was flagged. "
         "Source: a sagittal head MRI." in section
@@ -375,3 +377,16 @@ def test_card_without_mirror_averaging_omits_it(measured_run_dir: Path) -> None:
     assert "with the mirror image" not in text
     assert "average each slice with its mirror image" not in text
     assert "`test_time_flip`" not in text
+
+
+def test_card_states_box_training(measured_run_dir: Path) -> None:
+    plain = render_model_card(measured_run_dir).text
+    config_path = measured_run_dir / "train_config.json"
+    train_config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**train_config, "box_loss_weight": 0.5}) + "\n")
+    boxed = render_model_card(measured_run_dir).text
+
+    assert "tumor bounding boxes (`--box-loss-weight 0.5`)" in boxed
+    assert "are not an independent check of the maps" in boxed
+    assert "--box-loss-weight" not in plain
+    assert "independent check" not in plain

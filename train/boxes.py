@@ -41,9 +41,15 @@ def read_boxes(path: str | Path) -> dict[str, Box]:
         boxes = {}
         for line_number, row in enumerate(reader, start=2):
             try:
-                boxes[row["file_name"]] = Box(*(float(row[column]) for column in BOX_COLUMNS[1:]))
+                box = Box(*(float(row[column]) for column in BOX_COLUMNS[1:]))
             except ValueError as error:
                 raise ValueError(f"{path}, line {line_number}: invalid box value ({error}).") from error
+            if not all(0.0 <= value <= 1.0 for value in box) or box.width <= 0 or box.height <= 0:
+                raise ValueError(
+                    f"{path}, line {line_number}: invalid box {tuple(box)}. Each value is a fraction of the "
+                    "image side, between 0 and 1, and width and height must be above 0."
+                )
+            boxes[row["file_name"]] = box
     return boxes
 
 

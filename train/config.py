@@ -81,9 +81,14 @@ HELP = {
     "box_loss_weight": (
         "Weight of an auxiliary loss that teaches the last feature map where the tumor box is (a "
         "1x1 convolution and a softmax over the map's cells, scored by cross-entropy against the box's "
-        "share of each cell). Only training uses it: the exported model is unchanged. 0 turns it off."
+        "share of each cell). Only training uses it: the exported model is unchanged. It cannot be combined "
+        "with mixup or CutMix. 0 turns it off."
     ),
-    "boxes": "CSV of tumor boxes for --box-loss-weight (default: tumor_boxes.csv in the dataset folder).",
+    "boxes": (
+        "CSV of tumor boxes for --box-loss-weight, with the columns file_name,x_center,y_center,width,height "
+        "(file names relative to the dataset folder, boxes in fractions of the image side). Empty means "
+        "tumor_boxes.csv in the dataset folder."
+    ),
     "mixed_precision": (
         "'auto', 'no' or 'bf16' (autocast on CPU and GPU; weights stay float32). 'auto' uses bf16 only "
         "where the hardware computes it natively (a recent GPU, or a CPU with AVX-512 BF16 or AMX): "
@@ -163,7 +168,7 @@ def check_augmentation(config: TrainConfig) -> None:
     if config.box_loss_weight < 0:
         raise ValueError(f"Invalid --box-loss-weight {config.box_loss_weight:g}: use 0 (off) or a positive weight.")
     if config.box_loss_weight > 0 and (config.mixup_alpha > 0 or config.cutmix_alpha > 0):
-        # A mixed image holds two tumors in proportions the box mask cannot follow.
+        # A mixed image contains two tumors in proportions that one box mask cannot follow.
         raise ValueError(
             "--box-loss-weight cannot be combined with mixup or CutMix: set --mixup-alpha 0 and "
             "--cutmix-alpha 0, or --box-loss-weight 0."
