@@ -91,7 +91,9 @@ def test_box_loss_run_names_missing_csv(boxed_folder, tmp_path, capsys):
          "--batch-size", "8", "--box-loss-weight", "1.0", "--boxes", str(tmp_path / "none.csv")]
     )
     assert exit_code != 0
-    assert "none.csv was not found" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "The --boxes file" in error
+    assert "none.csv was not found" in error
 
 
 @pytest.mark.parametrize("row", ["glioma/1.png,1.5,0.3,0.2,0.2", "glioma/1.png,0.5,0.5,0.0,0.2"])

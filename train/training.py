@@ -117,6 +117,8 @@ def prepare_data(config: TrainConfig, output_dir: Path, accelerator: Accelerator
 def training_box_masks(config: TrainConfig, images: LabeledImages) -> tuple[np.ndarray, np.ndarray]:
     """Read the tumor boxes for --box-loss-weight and rasterize them at the training size."""
     boxes_path = Path(config.boxes) if config.boxes else None
+    if boxes_path is not None and not boxes_path.is_file():
+        raise FileNotFoundError(f"The --boxes file {boxes_path} was not found. Check the path.")
     if boxes_path is None:
         if not Path(config.dataset).is_dir():
             raise ValueError(
