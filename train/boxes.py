@@ -82,14 +82,13 @@ def square_box_mask(box: Box, width: int, height: int, size: int) -> np.ndarray:
 
 def box_masks(
     dataset: datasets.Dataset, image_column: str, file_ids: list[str], boxes: dict[str, Box], size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return each row's tumor box as a ``size x size`` uint8 mask (255 inside), and which rows have one.
+) -> np.ndarray:
+    """Return each row's tumor box as a ``size x size`` uint8 mask, 255 inside and all zero without a box.
 
     Rows are matched to boxes by ``file_ids`` (paths relative to the dataset folder). Only the
     image headers are read, for the slice sizes.
     """
     masks = np.zeros((len(file_ids), size, size), dtype=np.uint8)
-    has_box = np.zeros(len(file_ids), dtype=bool)
     undecoded = dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]
     for row, (file_id, item) in enumerate(zip(file_ids, undecoded)):
         box = boxes.get(file_id)
@@ -99,6 +98,5 @@ def box_masks(
         with Image.open(source) as image:
             width, height = image.size
         masks[row] = square_box_mask(box, width, height, size) * np.uint8(255)
-        has_box[row] = True
-    return masks, has_box
+    return masks
 

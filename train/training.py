@@ -53,9 +53,9 @@ class SplitPixels:
     label_names: list[str]
     pixels: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
-    # Tumor box masks (uint8, 255 inside) and which rows have a box; only with --box-loss-weight.
-    box_masks: dict[str, np.ndarray] | None = None
-    has_box: dict[str, np.ndarray] | None = None
+    # Tumor box masks of the training part (uint8, 255 inside, all zero without a box); only with
+    # --box-loss-weight, because validation and test are scored on labels alone.
+    train_box_masks: np.ndarray | None = None
 
 
 @dataclass
@@ -108,34 +108,32 @@ def prepare_data(config: TrainConfig, output_dir: Path, accelerator: Accelerator
         labels={name: labels[rows] for name, rows in splits.items()},
     )
     if config.box_loss_weight > 0:
-        masks, has_box = training_box_masks(config, images)
-        data.box_masks = {name: masks[rows] for name, rows in splits.items()}
-        data.has_box = {name: has_box[rows] for name, rows in splits.items()}
+        data.train_box_masks = training_box_masks(config, images)[splits["train"]]
     return data
 
 
-def training_box_masks(config: TrainConfig, images: LabeledImages) -> tuple[np.ndarray, np.ndarray]:
+def training_box_masks(config: TrainConfig, images: LabeledImages) -> np.ndarray:
     """Read the tumor boxes for --box-loss-weight and rasterize them at the training size."""
-    boxes_path = Path(config.boxes) if config.boxes else None
-    if boxes_path is not None and not boxes_path.is_file():
-        raise FileNotFoundError(f"The --boxes file {boxes_path} was not found. Check the path.")
-    if boxes_path is None:
-        if not Path(config.dataset).is_dir():
-            raise ValueError(
-                f"--box-loss-weight needs tumor boxes, and the dataset {config.dataset!r} is not a local "
-                f"folder: pass --boxes with the path of {BOXES_NAME}."
-            )
+    if config.boxes:
+        boxes_path = Path(config.boxes)
+        if not boxes_path.is_file():
+            raise FileNotFoundError(f"The --boxes file {boxes_path} was not found. Check the path.")
+    elif Path(config.dataset).is_dir():
         boxes_path = Path(config.dataset) / BOXES_NAME
-    masks, has_box = box_masks(
-        images.dataset, images.image_column, images.file_ids, read_boxes(boxes_path), config.image_size
-    )
+    else:
+        raise ValueError(
+            f"--box-loss-weight needs tumor boxes, and the dataset {config.dataset!r} is not a local "
+            f"folder: pass --boxes with the path of {BOXES_NAME}."
+        )
+    masks = box_masks(images.dataset, images.image_column, images.file_ids, read_boxes(boxes_path), config.image_size)
+    has_box = masks.any(axis=(1, 2))
     if not has_box.any():
         raise ValueError(
             f"No slice of {config.dataset} has a box in {boxes_path}: its file_name column must hold "
             "paths relative to the dataset folder, such as glioma/1.jpg."
         )
     logger.info("Tumor boxes for %d of %d slices from %s", int(has_box.sum()), len(has_box), boxes_path)
-    return masks, has_box
+    return masks
 
 
 class BoxHead(torch.nn.Module):
@@ -162,17 +160,18 @@ class BoxHead(torch.nn.Module):
 
         model.global_pool.register_forward_pre_hook(keep_features)
 
-    def forward(self, masks: torch.Tensor, has_box: torch.Tensor) -> torch.Tensor:
-        """Return the mean spatial cross-entropy over the slices with a box.
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        """Return the mean spatial cross-entropy over the slices whose mask is not empty.
 
         It scores the features of the latest training forward pass, so call it right after that pass.
+        A slice without a box, or whose box the augmentation moved out of view, adds no loss.
         """
         scores = self.conv(self.features).float()
         self.features = None
         shares = torch.nn.functional.adaptive_avg_pool2d(masks.float(), scores.shape[-2:]).flatten(1)
         targets = shares / shares.sum(dim=1, keepdim=True).clamp(min=1e-6)
         per_image = -(targets * torch.log_softmax(scores.flatten(1), dim=1)).sum(dim=1)
-        weights = has_box.float() * (shares.sum(dim=1) > 0).float()
+        weights = (shares.sum(dim=1) > 0).float()
         return (per_image * weights).sum() / weights.sum().clamp(min=1.0)
 
 
@@ -219,17 +218,17 @@ def train_one_epoch(
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     box_loss_sum = 0.0
+    strengths = {
+        "max_rotation_degrees": config.rotation_degrees,
+        "scale_range": (1 - config.scale_jitter, 1 + config.scale_jitter),
+        "max_translation": config.translation,
+        "intensity_jitter": config.intensity_jitter,
+    }
     start = time.perf_counter()
     batches = tqdm(
         loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not accelerator.is_local_main_process
     )
     for batch_index, (pixels, labels, *box_batch) in enumerate(batches):
-        strengths = {
-            "max_rotation_degrees": config.rotation_degrees,
-            "scale_range": (1 - config.scale_jitter, 1 + config.scale_jitter),
-            "max_translation": config.translation,
-            "intensity_jitter": config.intensity_jitter,
-        }
         if box_head is None:
             augmented = augment_batch(pixels.unsqueeze(1), **strengths)
         else:
@@ -246,7 +245,7 @@ def train_one_epoch(
         if box_head is not None:
             with accelerator.autocast():
                 # Called through the prepared module, so that several processes average its gradients.
-                box_loss = box_head(masks, box_batch[1])
+                box_loss = box_head(masks)
             total_loss = loss + config.box_loss_weight * box_loss
             box_loss_sum += accelerator.gather(box_loss.detach().reshape(1) * len(labels)).sum().item()
         accelerator.backward(total_loss)
@@ -319,8 +318,8 @@ def run_training(config: TrainConfig) -> dict:
 
     def loader(split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
         tensors = [torch.from_numpy(data.pixels[split]), torch.from_numpy(data.labels[split])]
-        if shuffle and data.box_masks is not None:
-            tensors += [torch.from_numpy(data.box_masks[split]), torch.from_numpy(data.has_box[split])]
+        if split == "train" and data.train_box_masks is not None:
+            tensors.append(torch.from_numpy(data.train_box_masks))
         dataset = TensorDataset(*tensors)
         # Dropping the last partial batch keeps batch-norm statistics sound, unless it is the only batch.
         drop_last = shuffle and len(dataset) > batch_size
@@ -330,7 +329,7 @@ def run_training(config: TrainConfig) -> dict:
     val_loader = loader("validation", shuffle=False, batch_size=config.eval_batch_size)
 
     # Optimizer and schedule: AdamW, linear warmup, cosine decay, stepped per batch.
-    box_head = BoxHead(classifier.model) if data.box_masks is not None else None
+    box_head = BoxHead(classifier.model) if data.train_box_masks is not None else None
     trained = [classifier] if box_head is None else [classifier, box_head]
     no_decay = [p for module in trained for p in module.parameters() if p.ndim <= 1]
     decay = [p for module in trained for p in module.parameters() if p.ndim > 1]
