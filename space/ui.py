@@ -534,25 +534,17 @@ def build_demo(
         # A menu choice made with the mouse fired .input twice (Gradio 6.31), which classified the
         # slice twice. .change fires once.
         model.change(fn=_make_model_switch_handler(predictors, uploads), inputs=page_inputs, **page_only)
+        # Page-only updates that run no model skip the queue.
+        instant = {"api_visibility": "private", "queue": False}
         model.change(
-            fn=lambda name: _gallery_note(_lookup(predictors, name)),
-            inputs=model,
-            outputs=gallery_note,
-            api_visibility="private",
-            queue=False,
+            fn=lambda name: _gallery_note(_lookup(predictors, name)), inputs=model, outputs=gallery_note, **instant
         )
         # Clearing the slice clears the result, which would otherwise seem to belong to no slice.
         for box in (image, upload_file):
-            box.clear(
-                fn=lambda name: _cleared(_lookup(predictors, name)),
-                inputs=model,
-                outputs=outputs,
-                api_visibility="private",
-                queue=False,
-            )
+            box.clear(fn=lambda name: _cleared(_lookup(predictors, name)), inputs=model, outputs=outputs, **instant)
         # A new upload in one box empties the other, so that the page classifies the newer file.
-        image.upload(fn=lambda: None, outputs=upload_file, api_visibility="private", queue=False)
-        upload_file.upload(fn=lambda: None, outputs=image, api_visibility="private", queue=False)
+        image.upload(fn=lambda: None, outputs=upload_file, **instant)
+        upload_file.upload(fn=lambda: None, outputs=image, **instant)
     uploads.demo = demo
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)
     return demo
