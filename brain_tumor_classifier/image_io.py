@@ -116,7 +116,15 @@ _EXIF_ORIENTATION = 0x0112
 
 
 class InvalidImageError(ValueError):
-    """The input is missing, unreadable or not an image the model can use."""
+    """The input is missing, unreadable or not an image the model can use.
+
+    ``reason`` is a short fixed phrase such as ``"empty file"``. Unlike the message, it never contains a
+    file name or a value read from the file, so servers can log it.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable image") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,8 @@ def load_upload(source: UploadSource, *, name: str | None = None) -> LoadedImage
     else:
         raise InvalidImageError(
             f"Expected a PIL image, image bytes or an image file path, got {type(source).__name__}. "
-            "Pass the slice as one of those."
+            "Pass the slice as one of those.",
+            reason="wrong input type",
         )
     return _decode(upload)
 
@@ -164,7 +173,9 @@ def load_upload(source: UploadSource, *, name: str | None = None) -> LoadedImage
 def _upload_from_path(path: Path) -> _Upload:
     subject = repr(path.name)
     if not path.is_file():
-        raise InvalidImageError(f"Image file {subject} was not found. Check the path and upload the file again.")
+        raise InvalidImageError(
+            f"Image file {subject} was not found. Check the path and upload the file again.", reason="file not found"
+        )
     size = path.stat().st_size
     _check_file_size(size, subject)
     # Reading one byte past the limit catches a file that grew after stat().
@@ -182,11 +193,12 @@ def _upload_from_bytes(data: bytes, name: str | None) -> _Upload:
 
 def _check_file_size(size: int, subject: str) -> None:
     if size == 0:
-        raise InvalidImageError(f"{subject} is empty (0 bytes). Upload the slice again.")
+        raise InvalidImageError(f"{subject} is empty (0 bytes). Upload the slice again.", reason="empty file")
     if size > MAX_FILE_SIZE_BYTES:
         raise InvalidImageError(
             f"{subject} is {size / 2**20:.1f} MiB, above the {MAX_FILE_SIZE_BYTES / 2**20:.0f} MiB limit for "
-            "uploads. Upload a single slice, for example exported as PNG."
+            "uploads. Upload a single slice, for example exported as PNG.",
+            reason="file too large",
         )
 
 
@@ -202,15 +214,15 @@ def _decode(upload: _Upload) -> LoadedImage:
         dataset = _read_dicom_without_preamble(upload.data)
         if dataset is not None:
             return _decode_dicom(upload, dataset)
-        raise InvalidImageError(_not_an_image_message(upload)) from None
+        raise InvalidImageError(_not_an_image_message(upload), reason="not an image") from None
     except Image.DecompressionBombError as error:
         # Pillow raises this from open() for images above twice its limit, before the size is known
         # to the caller, so the pixel count is taken from its message.
         match = re.search(r"\((\d+) pixels\)", str(error))
         count = f"{int(match.group(1)) / 1e6:.0f} MP" if match else "too many pixels"
-        raise InvalidImageError(_too_many_pixels_message(upload.subject, count)) from error
+        raise InvalidImageError(_too_many_pixels_message(upload.subject, count), reason="too many pixels") from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise InvalidImageError(_damaged_message(upload.subject, error)) from error
+        raise InvalidImageError(_damaged_message(upload.subject, error), reason="damaged image") from error
     with opened:
         notices = _format_notices(upload, _PILLOW_FORMAT_ALIASES.get(opened.format, opened.format))
         image = _normalize_pil(opened, upload.subject, notices)
@@ -280,7 +292,9 @@ def _too_many_pixels_message(subject: str, count: str) -> str:
 def _normalize_pil(image: Image.Image, subject: str, notices: list[str]) -> Image.Image:
     """Return the first frame of ``image``, upright per its EXIF orientation, as 8-bit ``L`` or ``RGB``."""
     if image.width < 1 or image.height < 1:
-        raise InvalidImageError(f"{subject} has no pixels ({image.width} x {image.height}). Upload a real slice.")
+        raise InvalidImageError(
+            f"{subject} has no pixels ({image.width} x {image.height}). Upload a real slice.", reason="no pixels"
+        )
     _check_pixel_count(image.width, image.height, subject)
     return _to_8_bit(_upright_first_frame(image, subject, notices), subject)
 
@@ -288,7 +302,8 @@ def _normalize_pil(image: Image.Image, subject: str, notices: list[str]) -> Imag
 def _check_pixel_count(width: int, height: int, subject: str) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         raise InvalidImageError(
-            _too_many_pixels_message(subject, f"{width} x {height} = {width * height / 1e6:.0f} MP")
+            _too_many_pixels_message(subject, f"{width} x {height} = {width * height / 1e6:.0f} MP"),
+            reason="too many pixels",
         )
 
 
@@ -310,7 +325,7 @@ def _upright_first_frame(image: Image.Image, subject: str, notices: list[str]) -
             image.seek(current)
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         # Pillow raises these for truncated or corrupt data after the header was recognized.
-        raise InvalidImageError(_damaged_message(subject, error)) from error
+        raise InvalidImageError(_damaged_message(subject, error), reason="damaged image") from error
     if frame_count > 1:
         kind = image.format or "image"
         notices.append(f"{subject} is a {kind} file with {frame_count} frames. Only the first frame was used.")
@@ -336,7 +351,8 @@ def _to_8_bit(image: Image.Image, subject: str) -> Image.Image:
         return image.convert("RGB")
     raise InvalidImageError(
         f"{subject} has the pixel mode {mode!r}, which cannot be converted to grayscale. "
-        "Export the slice as an 8-bit or 16-bit grayscale PNG file."
+        "Export the slice as an 8-bit or 16-bit grayscale PNG file.",
+        reason="unsupported pixel mode",
     )
 
 
@@ -398,7 +414,8 @@ def _decode_dicom(upload: _Upload, dataset: Dataset | None) -> LoadedImage:
     if dataset is None or "Rows" not in dataset or "Columns" not in dataset:
         raise InvalidImageError(
             f"{upload.subject} is a DICOM file without image pixel data, or a damaged one (for example "
-            "a report, a DICOMDIR or a truncated transfer). Upload a DICOM image of a single MRI slice."
+            "a report, a DICOMDIR or a truncated transfer). Upload a DICOM image of a single MRI slice.",
+            reason="DICOM without pixel data",
         )
     notices = _format_notices(upload, "DICOM")
     modality = str(dataset.get("Modality", "") or "")
@@ -442,7 +459,9 @@ def _decode_dicom_frame(dataset: Dataset, frame_index: int | None, subject: str)
         # pydicom has no decoder at all for this syntax, for example for MPEG video.
         decoder = None
     if decoder is None or not decoder.is_available:
-        raise InvalidImageError(_unsupported_syntax_message(subject, syntax, decoder))
+        raise InvalidImageError(
+            _unsupported_syntax_message(subject, syntax, decoder), reason="unsupported DICOM transfer syntax"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -452,7 +471,8 @@ def _decode_dicom_frame(dataset: Dataset, frame_index: int | None, subject: str)
         # pixel module values and codec failures.
         raise InvalidImageError(
             f"{subject} is a DICOM file whose pixel data is damaged, truncated or does not match its image "
-            f"attributes ({type(error).__name__}). Export the slice again, uncompressed, or as a PNG file."
+            f"attributes ({type(error).__name__}). Export the slice again, uncompressed, or as a PNG file.",
+            reason="damaged DICOM pixel data",
         ) from error
 
 
@@ -515,7 +535,8 @@ def _dicom_grayscale(
     if pixels.ndim != 2:
         raise InvalidImageError(
             f"{subject} is a grayscale DICOM image with an unexpected pixel shape {pixels.shape}. "
-            "Export the slice as a single-frame DICOM or PNG file."
+            "Export the slice as a single-frame DICOM or PNG file.",
+            reason="unexpected DICOM pixel shape",
         )
     gray = _grayscale_display_values(pixels, attributes, subject, notices)
     if photometric == "MONOCHROME1":
@@ -533,12 +554,14 @@ def _dicom_color(pixels: np.ndarray, dataset: Dataset, photometric: str, subject
     elif photometric not in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
         raise InvalidImageError(
             f"{subject} uses the DICOM photometric interpretation {photometric}, which is not supported. "
-            "Export the slice as a grayscale (MONOCHROME2) DICOM or PNG file."
+            "Export the slice as a grayscale (MONOCHROME2) DICOM or PNG file.",
+            reason="unsupported DICOM photometric interpretation",
         )
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
         raise InvalidImageError(
             f"{subject} is a color DICOM image with an unexpected pixel shape {pixels.shape}. "
-            "Export the slice as a PNG file."
+            "Export the slice as a PNG file.",
+            reason="unexpected DICOM pixel shape",
         )
     # pydicom has converted YBR to RGB already. Samples wider than 8 bits are stretched to their range.
     rgb = pixels if pixels.dtype == np.uint8 else _rescale_to_uint8(pixels)

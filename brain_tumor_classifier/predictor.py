@@ -97,11 +97,12 @@ def load_image(image: ImageInput | None) -> Image.Image:
 
 def _load(image: ImageInput | None) -> LoadedImage:
     if image is None:
-        raise InvalidImageError(NO_IMAGE_MESSAGE)
+        raise InvalidImageError(NO_IMAGE_MESSAGE, reason="no image")
     if not isinstance(image, (Image.Image, str, os.PathLike)):
         raise InvalidImageError(
             f"Expected a PIL image or an image file path, got {type(image).__name__}. "
-            "Pass the slice as a PIL image or a path."
+            "Pass the slice as a PIL image or a path.",
+            reason="wrong input type",
         )
     return load_upload(image)
 

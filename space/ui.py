@@ -162,7 +162,7 @@ class _UploadStore:
         self.delete_delay_s = delete_delay_s
         # Both map an upload path to (time of last use, value), oldest use first.
         self._decoded: OrderedDict[str, tuple[float, LoadedImage]] = OrderedDict()
-        self._failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._failures: OrderedDict[str, tuple[float, tuple[str, str]]] = OrderedDict()
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
 
@@ -196,16 +196,17 @@ class _UploadStore:
             return decoded
         failure = self._use(self._failures, path)
         if failure is not None:
-            raise InvalidImageError(failure)
+            message, reason = failure
+            raise InvalidImageError(message, reason=reason)
         try:
             loaded = load_upload(path)
         except FileNotFoundError:
             # Deleted between the check and the read, by an earlier request's timer.
-            raise InvalidImageError(UPLOAD_GONE_MESSAGE) from None
+            raise InvalidImageError(UPLOAD_GONE_MESSAGE, reason="upload deleted") from None
         except InvalidImageError as error:
             if not os.path.isfile(path):
-                raise InvalidImageError(UPLOAD_GONE_MESSAGE) from None
-            self._remember(self._failures, path, str(error))
+                raise InvalidImageError(UPLOAD_GONE_MESSAGE, reason="upload deleted") from None
+            self._remember(self._failures, path, (str(error), error.reason))
             raise
         if _image_bytes(loaded) <= self.max_bytes // 16:
             self._remember(self._decoded, path, loaded)
@@ -281,7 +282,8 @@ def _uploaded_path(payload: Any) -> str | None:
     path = payload.get("path") if isinstance(payload, dict) else None
     if not path:
         raise InvalidImageError(
-            "The upload contained no image file. Upload the slice as a PNG, JPEG, TIFF or DICOM file."
+            "The upload contained no image file. Upload the slice as a PNG, JPEG, TIFF or DICOM file.",
+            reason="no image file in the upload",
         )
     return path
 
@@ -360,12 +362,12 @@ def _classify_with(predictor: Predictor, image: Any, uploads: _UploadStore) -> t
     try:
         path = _uploaded_path(image)
         if path is None:
-            raise InvalidImageError(NO_IMAGE_MESSAGE)
+            raise InvalidImageError(NO_IMAGE_MESSAGE, reason="no image")
         loaded = uploads.read(path)
         prediction = predictor.predict(loaded.image)
     except InvalidImageError as error:
-        # The message may contain the uploaded file's name, so only the fact is logged.
-        logger.info("Rejected an invalid image for model %s", predictor.name)
+        # The message may contain the uploaded file's name, so only its fixed reason is logged.
+        logger.info("Rejected an invalid image (%s) for model %s", error.reason, predictor.name)
         raise gr.Error(str(error), duration=ERROR_DURATION_S, print_exception=False) from error
     except Exception as error:
         logger.exception("Prediction with model %s failed", predictor.name)

@@ -57,18 +57,20 @@ def _write_bad_files(folder, slice_png):
 
 
 @pytest.mark.parametrize(
-    "name, message",
+    "name, message, reason",
     [
-        ("missing.png", r"'missing\.png' was not found\. Check the path"),
-        ("empty.png", r"'empty\.png' is empty \(0 bytes\)\. Upload the slice again"),
-        ("notes.png", r"'notes\.png' is not an image file that Pillow can read\. Upload the slice as a PNG"),
-        ("truncated.png", r"'truncated\.png' is damaged or truncated .* Export the slice again"),
+        ("missing.png", r"'missing\.png' was not found\. Check the path", "file not found"),
+        ("empty.png", r"'empty\.png' is empty \(0 bytes\)\. Upload the slice again", "empty file"),
+        ("notes.png", r"'notes\.png' is not an image file that Pillow can read\. Upload the slice", "not an image"),
+        ("truncated.png", r"'truncated\.png' is damaged or truncated .* Export the slice again", "damaged image"),
     ],
 )
-def test_bad_file_is_rejected(predictor, tmp_path, slice_png, name, message):
+def test_bad_file_is_rejected(predictor, tmp_path, slice_png, name, message, reason):
     _write_bad_files(tmp_path, slice_png)
-    with pytest.raises(InvalidImageError, match=message):
+    with pytest.raises(InvalidImageError, match=message) as caught:
         predictor.predict(tmp_path / name)
+    # The reason is what servers log, so it must not repeat the file name.
+    assert caught.value.reason == reason
 
 
 def test_missing_image_is_rejected(predictor):

@@ -352,7 +352,8 @@ def test_log_has_no_patient_data(server, client, tmp_path):
 
     assert outcomes == ["classified"] * 4 + ["rejected"] * 2
     assert new_log.count("braincancernet: ") == 4, "the log must record each classification, or it was not captured"
-    assert new_log.count("Rejected an invalid image") == 2
+    assert new_log.count("Rejected an invalid image (") == 2, "each rejection must be logged with its reason"
+    assert "Rejected an invalid image (DICOM without pixel data)" in new_log
     log = server.log()
     _assert_no_patient_data(log)
     assert "doe-jane" not in log.lower(), "upload file names must not be logged"
