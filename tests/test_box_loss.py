@@ -82,7 +82,10 @@ def test_box_loss_run_exports_plain_model(boxed_folder, tmp_path, model):
     assert all(record["train_box_loss"] > 0 for record in epochs)
     weights = safetensors.torch.load_file(str(run_dir / "model.safetensors"))
     assert not any("conv.weight" == name or name.startswith("box") for name in weights)
-    assert json.loads((run_dir / "train_config.json").read_text())["box_loss_weight"] == 1.0
+    recorded = json.loads((run_dir / "train_config.json").read_text())
+    assert recorded["box_loss_weight"] == 1.0
+    # The file actually read is recorded, not the empty default that stands for it.
+    assert recorded["boxes"] == str(boxed_folder / "tumor_boxes.csv")
 
 
 def test_box_loss_run_names_missing_csv(boxed_folder, tmp_path, capsys):
@@ -94,6 +97,22 @@ def test_box_loss_run_names_missing_csv(boxed_folder, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "The --boxes file" in error
     assert "none.csv was not found" in error
+    # The run stopped before writing anything.
+    assert not (tmp_path / "run").exists()
+
+
+def test_box_loss_run_names_missing_dataset_csv(tmp_path, capsys):
+    folder = tmp_path / "data"
+    write_boxed_imagefolder(folder, seed=2)
+    (folder / "tumor_boxes.csv").unlink()
+    exit_code = train_main(
+        ["--dataset", str(folder), "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
+         "--batch-size", "8", "--box-loss-weight", "1.0"]
+    )
+    assert exit_code != 0
+    error = capsys.readouterr().err
+    assert f"{folder / 'tumor_boxes.csv'} was not found" in error
+    assert "pass --boxes" in error
 
 
 @pytest.mark.parametrize("row", ["glioma/1.png,1.5,0.3,0.2,0.2", "glioma/1.png,0.5,0.5,0.0,0.2"])

@@ -98,6 +98,7 @@ def test_card_metrics_equal_metrics_json(run_dir: Path) -> None:
 def test_card_text_numbers_come_from_files(run_dir: Path) -> None:
     metrics = read_json(run_dir / "metrics.json")
     text = render_model_card(run_dir).text
+    assert f"{metrics['accuracy']:.2%}" == "97.17%"
     assert "97.17% accuracy" in text
     assert "| test (random split by slice) | 460 | 0.9717 | 0.9651 | 0.9671 |" in text
     assert "| `glioma` | 0.9810 | 0.9813 | 0.9811 | 0.9978 | 214 |" in text

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,19 +112,30 @@ def prepare_data(config: TrainConfig, output_dir: Path, accelerator: Accelerator
     return data
 
 
-def training_box_masks(config: TrainConfig, images: LabeledImages) -> np.ndarray:
-    """Read the tumor boxes for --box-loss-weight and rasterize them at the training size."""
+def resolve_boxes_path(config: TrainConfig) -> Path:
+    """Return the tumor box CSV that --box-loss-weight reads. Raises an error naming the fix if there is none."""
     if config.boxes:
         boxes_path = Path(config.boxes)
         if not boxes_path.is_file():
             raise FileNotFoundError(f"The --boxes file {boxes_path} was not found. Check the path.")
-    elif Path(config.dataset).is_dir():
-        boxes_path = Path(config.dataset) / BOXES_NAME
-    else:
+        return boxes_path
+    if not Path(config.dataset).is_dir():
         raise ValueError(
             f"--box-loss-weight needs tumor boxes, and the dataset {config.dataset!r} is not a local "
             f"folder: pass --boxes with the path of {BOXES_NAME}."
         )
+    boxes_path = Path(config.dataset) / BOXES_NAME
+    if not boxes_path.is_file():
+        raise FileNotFoundError(
+            f"--box-loss-weight needs tumor boxes, and {boxes_path} was not found: add it to the dataset "
+            "folder or pass --boxes with its path."
+        )
+    return boxes_path
+
+
+def training_box_masks(config: TrainConfig, images: LabeledImages) -> np.ndarray:
+    """Read the tumor boxes for --box-loss-weight and rasterize them at the training size."""
+    boxes_path = resolve_boxes_path(config)
     masks = box_masks(images.dataset, images.image_column, images.file_ids, read_boxes(boxes_path), config.image_size)
     has_box = masks.any(axis=(1, 2))
     if not has_box.any():
@@ -294,6 +305,9 @@ def run_training(config: TrainConfig) -> dict:
     if accelerator.is_main_process:
         logger.info("Mixed precision: %s (requested %s)", precision, config.mixed_precision)
     set_seed(config.seed)
+    if config.box_loss_weight > 0:
+        # Checked before anything is written, and recorded as the file actually read.
+        config = replace(config, boxes=str(resolve_boxes_path(config)))
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     if accelerator.is_main_process:
