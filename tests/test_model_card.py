@@ -109,6 +109,21 @@ def test_card_text_numbers_come_from_files(run_dir: Path) -> None:
     assert f"{count_parameters(run_dir / 'model.safetensors'):,} parameters" in text
 
 
+def test_card_names_inference_cpu_and_mirror(run_dir: Path) -> None:
+    metrics = read_json(run_dir / "metrics.json")
+    metrics["inference"].update(cpu="Example CPU 9000", test_time_flip=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    text = render_model_card(run_dir).text
+    assert "Measured during evaluation on Example CPU 9000 with 2 threads" in text
+    assert "Both figures include scoring each slice's mirror image" in text
+
+
+def test_card_without_inference_cpu_names_device(run_dir: Path) -> None:
+    text = render_model_card(run_dir).text
+    assert "Measured during evaluation on cpu with 2 threads" in text
+    assert "mirror image, as the app does" not in text
+
+
 def test_card_names_commands(run_dir: Path) -> None:
     text = render_model_card(run_dir).text
     train_config = read_json(run_dir / "train_config.json")

@@ -30,6 +30,7 @@ from brain_tumor_classifier import BrainTumorClassifier
 from brain_tumor_classifier.preprocessing import normalize
 
 from .data import MANIFEST_NAME, decode_pixels, load_labeled_images, read_manifest_split
+from .hardware import cpu_model_name
 from .plots import plot_confusion_matrix
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,10 @@ def measure_inference(classifier: BrainTumorClassifier, *, batch_size: int = 64,
         "batched_images_per_second": round(batch_size / batched_seconds, 1),
         "batch_size": batch_size,
         "device": "cpu",
+        "cpu": cpu_model_name(),
         "threads": torch.get_num_threads(),
+        # With test-time flipping each call also scores the mirror image, as the app does.
+        "test_time_flip": classifier.test_time_flip,
     }
 
 
