@@ -520,16 +520,16 @@ def build_demo(
 
         outputs = [probabilities, gallery, model_line, notes]
         # Every classifying listener shares one concurrency group, so concurrency_limit counts
-        # them together. Only the first is part of the API.
-        image.upload(
-            fn=_make_handler(predictors, uploads),
-            inputs=[image, model],
-            outputs=outputs,
-            api_name="predict",
-            preprocess=False,
-            concurrency_id="classify",
-        )
-        page_only = {"outputs": outputs, "api_visibility": "private", "preprocess": False, "concurrency_id": "classify"}
+        # them together. Only the first is part of the API. Progress and the "Error" badge show on
+        # the result boxes only, because on the model line the badge covered the model's name.
+        classifying = {
+            "outputs": outputs,
+            "show_progress_on": [probabilities, gallery],
+            "preprocess": False,
+            "concurrency_id": "classify",
+        }
+        image.upload(fn=_make_handler(predictors, uploads), inputs=[image, model], api_name="predict", **classifying)
+        page_only = {**classifying, "api_visibility": "private"}
         upload_file.upload(fn=_make_handler(predictors, uploads), inputs=[upload_file, model], **page_only)
         page_inputs = [image, upload_file, model]
         submit.click(fn=_make_page_handler(predictors, uploads), inputs=page_inputs, **page_only)

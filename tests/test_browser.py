@@ -251,6 +251,9 @@ def test_bad_file_shows_message(page, tmp_path, artifacts_dir):
 
     assert "notes.png" in toast.first.inner_text()
     assert page.locator("#gallery img").count() == 0
+    # The badge belongs on the result boxes. On the model line it covered the model's name.
+    assert page.locator("#model-line .error").count() == 0
+    assert page.locator("#model-line").inner_text().startswith("Selected model: tiny-second")
     # Gradio closes pop-ups after 10 s by default. The message must stay until the user closes it.
     page.wait_for_timeout(12_000)
     assert toast.first.is_visible(), "the error message closed before the user could read it"
