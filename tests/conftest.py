@@ -107,10 +107,10 @@ def write_blob_imagefolder(root: Path, *, seed: int, per_class: int = 10) -> lis
 
 
 
-def write_boxed_imagefolder(root: Path, *, seed: int) -> None:
+def write_boxed_imagefolder(root: Path, *, seed: int, per_class: int = 10) -> None:
     """Write a blob imagefolder under ``root`` and a ``tumor_boxes.csv`` with a 10 x 10 box around each blob."""
     lines = ["file_name,x_center,y_center,width,height"]
-    for file_name in write_blob_imagefolder(root, seed=seed):
+    for file_name in write_blob_imagefolder(root, seed=seed, per_class=per_class):
         x, y = BLOB_CENTERS[file_name.split("/")[0]]
         box = (x / BLOB_SLICE_WIDTH, y / BLOB_SLICE_HEIGHT, 10 / BLOB_SLICE_WIDTH, 10 / BLOB_SLICE_HEIGHT)
         lines.append(f"{file_name}," + ",".join(str(value) for value in box))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from conftest import write_blob_imagefolder
+from conftest import write_blob_imagefolder, write_boxed_imagefolder
 from train import compare
 from train.evaluate import classification_metrics
 
@@ -48,3 +50,28 @@ def test_compare_writes_leakage_accuracy(tmp_path, monkeypatch):
     assert "| with a near-duplicate | without |" in report
     for model in compare.RECIPES:
         assert f"| {model} | random | " in report
+        # Each run trained here was calibrated and re-evaluated as deployed.
+        run_dir = tmp_path / "runs" / model
+        calibration = json.loads((run_dir / "calibration.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["inference"]["test_time_flip"] == calibration["test_time_flip"]["test_time_flip"]
+        # The blob folder has no tumor_boxes.csv, so there is nothing to score Grad-CAM against.
+        assert not (run_dir / "faithfulness.json").exists()
+
+
+def test_compare_scores_new_run_with_boxes(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    write_boxed_imagefolder(data, seed=6, per_class=12)
+    monkeypatch.setitem(compare.RECIPES, "braincancernet", {"image_size": 32, "epochs": 1, "batch_size": 8})
+    arguments = ["--dataset", str(data), "--output-dir", str(tmp_path / "reports"), "--runs-dir",
+                 str(tmp_path / "runs"), "--readme", str(tmp_path / "none.md"), "--splits", "random",
+                 "--models", "braincancernet"]
+
+    assert compare.main(arguments) == 0
+    faithfulness = json.loads((tmp_path / "runs" / "braincancernet" / "faithfulness.json").read_text())
+    assert "--boxes" in faithfulness["settings"]["command"]
+
+    # A second call reuses the run and leaves its files alone.
+    (tmp_path / "runs" / "braincancernet" / "faithfulness.json").unlink()
+    assert compare.main(arguments) == 0
+    assert not (tmp_path / "runs" / "braincancernet" / "faithfulness.json").exists()

@@ -4,7 +4,9 @@
 
 Each (model, split) pair gets a run folder under ``--runs-dir``. A folder whose
 ``train_config.json`` already matches the recipe and that contains ``metrics.json`` is reused
-unless ``--retrain`` is given, so the report can be regenerated without training again.
+unless ``--retrain`` is given, so the report can be regenerated without training again. A run
+trained here is then calibrated, re-evaluated as deployed and scored with Grad-CAM, as the
+README's commands after training do, so that the report shows every run the same way.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import numpy as np
 from brain_tumor_classifier.explain import read_faithfulness
 from model_card.render import METRICS_GROUP_NAME, write_model_card
 
-from .calibrate import CALIBRATION_NAME
+from .boxes import BOXES_NAME
+from .calibrate import CALIBRATION_NAME, calibrate_run
 from .config import TrainConfig
-from .evaluate import RunScores, score_run
+from .evaluate import RunScores, evaluate_run, score_run, write_evaluation
+from .faithfulness import measure_faithfulness, write_faithfulness
 from .leakage import leakage_audit
 from .recipes import RECIPES
 from .report import update_readme_results, write_report
@@ -80,17 +84,38 @@ def matches_recipe(run_dir: Path, config: TrainConfig) -> bool:
     return all(recorded.get(key, defaults[key]) == expected[key] for key in keys)
 
 
-def train_or_reuse(config: TrainConfig, *, retrain: bool) -> None:
+def train_or_reuse(config: TrainConfig, *, retrain: bool) -> bool:
+    """Train the run unless a matching one exists, and return whether it trained."""
     run_dir = Path(config.output_dir)
     if not retrain and matches_recipe(run_dir, config):
         logger.info("Reusing %s (its train_config.json matches the recipe)", run_dir)
-        return
+        return False
     command = ["python", "-m", "train", "--model", config.model, "--dataset", config.dataset,
                "--output-dir", str(run_dir), "--split", config.split]
     for key, value in RECIPES[config.model].items():
         command += ["--" + key.replace("_", "-"), str(value)]
     logger.info("Training %s on the %s split into %s", config.model, config.split, run_dir)
     run_training(TrainConfig(**{**config.to_dict(), "command": shlex.join(command)}))
+    return True
+
+
+def finish_new_run(run_dir: Path, *, faithfulness: bool) -> None:
+    """Calibrate a run trained here, re-evaluate it as deployed, and score its Grad-CAM maps."""
+    logger.info("Calibrating %s (python -m train.calibrate)", run_dir)
+    calibrate_run(run_dir)
+    # Calibration may turn on mirror averaging, which changes the test figures.
+    write_evaluation(run_dir, evaluate_run(run_dir))
+    if not faithfulness:
+        return
+    train_config = json.loads((run_dir / "train_config.json").read_text())
+    boxes = Path(train_config.get("boxes") or Path(train_config["dataset"]) / BOXES_NAME)
+    if not boxes.is_file():
+        logger.warning("No Grad-CAM faithfulness scores for %s, because %s was not found", run_dir, boxes)
+        return
+    logger.info("Scoring the Grad-CAM methods of %s against %s (python -m train.faithfulness)", run_dir, boxes)
+    scores = measure_faithfulness(run_dir, boxes=boxes, progress=True)
+    command = ["python", "-m", "train.faithfulness", "--run-dir", str(run_dir), "--boxes", str(boxes)]
+    write_faithfulness(run_dir, scores, command=shlex.join(command))
 
 
 def summary_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -198,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS), help="Split kinds.")
     parser.add_argument("--retrain", action="store_true", help="Train again even where a matching run exists.")
     parser.add_argument(
+        "--skip-faithfulness",
+        action="store_true",
+        help="Do not score the Grad-CAM methods of runs trained here (about 15 minutes per run on a 2-core CPU).",
+    )
+    parser.add_argument(
         "--readme", type=Path, default=Path(__file__).resolve().parents[1] / "README.md",
         help="README whose comparison block is rewritten (only if it has the block's markers).",
     )
@@ -209,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in args.splits:
             for model in args.models:
                 run_dir = run_dir_for(args.runs_dir, model, split)
-                train_or_reuse(recipe_config(model, split, args.dataset, run_dir), retrain=args.retrain)
+                if train_or_reuse(recipe_config(model, split, args.dataset, run_dir), retrain=args.retrain):
+                    finish_new_run(run_dir, faithfulness=not args.skip_faithfulness)
                 results.append(collect_result(model, split, run_dir))
         audits = {
             split: leakage_audit(run_dir_for(args.runs_dir, args.models[0], split), dataset=args.dataset)
