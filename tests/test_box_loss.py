@@ -101,6 +101,33 @@ def test_box_loss_run_names_missing_csv(boxed_folder, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_box_loss_run_rejects_bad_csv_first(boxed_folder, tmp_path, capsys):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("file_name,x_center,y_center,width,height\nglioma/glioma_0.png,1.5,0.5,0.2,0.2\n")
+    exit_code = train_main(
+        ["--dataset", str(boxed_folder), "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
+         "--batch-size", "8", "--box-loss-weight", "1.0", "--boxes", str(boxes)]
+    )
+    assert exit_code != 0
+    assert "line 2: invalid box" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_boxes_without_box_loss_rejected():
+    with pytest.raises(ValueError, match="is read only for the box loss: add --box-loss-weight"):
+        check_augmentation(TrainConfig(boxes="boxes.csv"))
+
+
+def test_single_cell_box_loss_warns(boxed_folder, tmp_path, caplog):
+    # At 32 px the last feature map is 1 x 1, where a softmax over cells is always 1.
+    exit_code = train_main(
+        ["--dataset", str(boxed_folder), "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
+         "--batch-size", "8", "--eval-batch-size", "8", "--box-loss-weight", "1.0"]
+    )
+    assert exit_code == 0
+    assert caplog.text.count("The last feature map has a single cell") == 1
+
+
 def test_box_loss_run_names_missing_dataset_csv(tmp_path, capsys):
     folder = tmp_path / "data"
     write_boxed_imagefolder(folder, seed=2)

@@ -167,6 +167,11 @@ def check_augmentation(config: TrainConfig) -> None:
             raise ValueError(f"Invalid {flag} {value:g}: use a value between {low:g} and {high:g}.")
     if config.box_loss_weight < 0:
         raise ValueError(f"Invalid --box-loss-weight {config.box_loss_weight:g}: use 0 (off) or a positive weight.")
+    if config.boxes and config.box_loss_weight == 0:
+        raise ValueError(
+            f"--boxes {config.boxes} is read only for the box loss: add --box-loss-weight (for example 0.5), "
+            "or leave out --boxes."
+        )
     if config.box_loss_weight > 0 and (config.mixup_alpha > 0 or config.cutmix_alpha > 0):
         # A mixed image contains two tumors in proportions that one box mask cannot follow.
         raise ValueError(

@@ -161,6 +161,7 @@ class BoxHead(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv2d(model.num_features, 1, kernel_size=1)
         self.features: torch.Tensor | None = None
+        self.warned_single_cell = False
 
     def watch(self, model: torch.nn.Module) -> None:
         """Keep the input of ``model.global_pool`` from each training forward pass."""
@@ -179,6 +180,12 @@ class BoxHead(torch.nn.Module):
         """
         scores = self.conv(self.features).float()
         self.features = None
+        if scores.shape[-2:].numel() == 1 and not self.warned_single_cell:
+            logger.warning(
+                "The last feature map has a single cell at this --image-size, so the box loss is always 0 "
+                "and teaches nothing. Use a larger --image-size (at least 64 px) or --box-loss-weight 0."
+            )
+            self.warned_single_cell = True
         shares = torch.nn.functional.adaptive_avg_pool2d(masks.float(), scores.shape[-2:]).flatten(1)
         targets = shares / shares.sum(dim=1, keepdim=True).clamp(min=1e-6)
         per_image = -(targets * torch.log_softmax(scores.flatten(1), dim=1)).sum(dim=1)
@@ -306,8 +313,11 @@ def run_training(config: TrainConfig) -> dict:
         logger.info("Mixed precision: %s (requested %s)", precision, config.mixed_precision)
     set_seed(config.seed)
     if config.box_loss_weight > 0:
-        # Checked before anything is written, and recorded as the file actually read.
-        config = replace(config, boxes=str(resolve_boxes_path(config)))
+        # Checked before anything is written, and recorded as the file actually read. Reading it
+        # here also rejects a malformed file before the run folder exists.
+        boxes_path = resolve_boxes_path(config)
+        read_boxes(boxes_path)
+        config = replace(config, boxes=str(boxes_path))
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     if accelerator.is_main_process:
