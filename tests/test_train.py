@@ -86,7 +86,7 @@ def test_evaluate_command_reproduces_test_metrics(trained_run, tiny_imagefolder,
     assert printed["accuracy"] == recorded["accuracy"]
     assert printed["matches_recorded_accuracy"] is True
     assert printed["num_images"] == recorded["num_images"]
-    # The card names the CPU, and says whether the timing includes the mirror pass.
+    # The card names the CPU and states whether the timing includes the mirror pass.
     assert recorded["inference"]["cpu"]
     assert recorded["inference"]["test_time_flip"] is False
 

@@ -25,7 +25,7 @@ from brain_tumor_classifier.preprocessing import normalize
 from model_card import write_model_card
 
 from .augment import augment_batch
-from .boxes import BOXES_NAME, box_masks, read_boxes
+from .boxes import BOXES_NAME, Box, box_masks, read_boxes
 from .config import CONFIG_NAME, TrainConfig
 from .data import (
     MANIFEST_NAME,
@@ -84,8 +84,13 @@ def describe_hardware(accelerator: Accelerator) -> str:
     return f"CPU: {cpu_model_name()}, {torch.get_num_threads()} threads, {accelerator.num_processes} process(es)"
 
 
-def prepare_data(config: TrainConfig, output_dir: Path, accelerator: Accelerator) -> SplitPixels:
-    """Decode every slice once, split the dataset and write the split manifest."""
+def prepare_data(
+    config: TrainConfig, output_dir: Path, accelerator: Accelerator, boxes: dict[str, Box] | None = None
+) -> SplitPixels:
+    """Decode every slice once, split the dataset and write the split manifest.
+
+    ``boxes``, read from ``config.boxes``, become the training split's masks for the box loss.
+    """
     images = load_labeled_images(config.dataset)
     with accelerator.main_process_first():
         pixels = decode_pixels(images, config.image_size)
@@ -107,8 +112,8 @@ def prepare_data(config: TrainConfig, output_dir: Path, accelerator: Accelerator
         pixels={name: pixels[rows] for name, rows in splits.items()},
         labels={name: labels[rows] for name, rows in splits.items()},
     )
-    if config.box_loss_weight > 0:
-        data.train_box_masks = training_box_masks(config, images)[splits["train"]]
+    if boxes is not None:
+        data.train_box_masks = training_box_masks(config, images, boxes)[splits["train"]]
     return data
 
 
@@ -133,10 +138,10 @@ def resolve_boxes_path(config: TrainConfig) -> Path:
     return boxes_path
 
 
-def training_box_masks(config: TrainConfig, images: LabeledImages) -> np.ndarray:
-    """Read the tumor boxes for --box-loss-weight and rasterize them at the training size."""
-    boxes_path = resolve_boxes_path(config)
-    masks = box_masks(images.dataset, images.image_column, images.file_ids, read_boxes(boxes_path), config.image_size)
+def training_box_masks(config: TrainConfig, images: LabeledImages, boxes: dict[str, Box]) -> np.ndarray:
+    """Rasterize the tumor boxes read from ``config.boxes`` at the training size."""
+    boxes_path = config.boxes
+    masks = box_masks(images.dataset, images.image_column, images.file_ids, boxes, config.image_size)
     has_box = masks.any(axis=(1, 2))
     if not has_box.any():
         raise ValueError(
@@ -312,11 +317,12 @@ def run_training(config: TrainConfig) -> dict:
     if accelerator.is_main_process:
         logger.info("Mixed precision: %s (requested %s)", precision, config.mixed_precision)
     set_seed(config.seed)
+    boxes = None
     if config.box_loss_weight > 0:
-        # Checked before anything is written, and recorded as the file actually read. Reading it
-        # here also rejects a malformed file before the run folder exists.
+        # Read before anything is written, so that a missing or malformed file leaves no run folder,
+        # and recorded as the file actually read.
         boxes_path = resolve_boxes_path(config)
-        read_boxes(boxes_path)
+        boxes = read_boxes(boxes_path)
         config = replace(config, boxes=str(boxes_path))
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
@@ -325,7 +331,7 @@ def run_training(config: TrainConfig) -> dict:
         (output_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     # Data: decoded once, kept in memory as uint8.
-    data = prepare_data(config, output_dir, accelerator)
+    data = prepare_data(config, output_dir, accelerator, boxes)
     train_pixels = data.pixels["train"]
     mean, std = float(train_pixels.mean() / 255), float(train_pixels.std() / 255)
     classifier = BrainTumorClassifier(
